@@ -1,0 +1,40 @@
+"""mfcore: plugin-based LLM framework on MindSpore.
+
+`import mfcore` is cheap and MindSpore-free: the plugin contract (hookimpl, PretrainedConfig, Preset,
+WeightMap) is imported eagerly; names that need MindSpore (PreTrainedModel, generation, trainer...)
+are imported on first access.
+"""
+from importlib import import_module
+
+from .auto import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from .configuration import PretrainedConfig
+from .errors import CheckpointError, ConfigError, DuplicateNameError, MfcoreError, PluginError, UnknownNameError
+from .hookspecs import hookimpl
+from .plugins import get_plugins, reset_plugins
+from .types import Preset, WeightMap
+
+__version__ = "0.1.0"
+
+# name -> module that defines it; imported on first access (PEP 562) to keep `import mfcore` light.
+_LAZY = {
+    "PreTrainedModel": "mfcore.modeling",
+    "GenerationConfig": "mfcore.generation",
+    "PreTrainedTokenizer": "mfcore.tokenization",
+    "PreTrainedTokenizerFast": "mfcore.tokenization_fast",
+}
+
+
+def __getattr__(name):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mfcore' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+__all__ = [
+    "AutoConfig", "AutoModelForCausalLM", "AutoTokenizer", "PretrainedConfig", "Preset", "WeightMap",
+    "hookimpl", "get_plugins", "reset_plugins", "MfcoreError", "ConfigError", "PluginError",
+    "DuplicateNameError", "UnknownNameError", "CheckpointError", *_LAZY,
+]

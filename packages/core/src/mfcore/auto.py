@@ -1,0 +1,136 @@
+"""AutoConfig, AutoModelForCausalLM, AutoTokenizer: a preset name or a directory -> the right class.
+
+Dispatch is on `model_type` through the registries the plugins filled. A directory may be one of ours
+(config.json), a Hugging Face one (config.json with HF keys), or a MindFormers YAML file.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
+
+import yaml
+
+from .configuration import CONFIG_NAME, PretrainedConfig
+from .errors import ConfigError, UnknownNameError
+from .plugins import get_plugins
+from .types import Preset
+
+PathOrName = Union[str, os.PathLike]
+
+
+def preset_or_none(name: str) -> Optional[Preset]:
+    presets = get_plugins().presets
+    return presets.get(name) if name in presets else None
+
+
+def load_config_dict(path: Path) -> Dict[str, Any]:
+    """Read a config from a directory (config.json), a JSON file or a MindFormers YAML file."""
+    if path.is_dir():
+        file = path / CONFIG_NAME
+        if not file.exists():
+            raise FileNotFoundError(f"{path}: no {CONFIG_NAME} in this directory; is it a model directory?")
+    else:
+        file = path
+    try:
+        text = file.read_text(encoding="utf-8")
+        if file.suffix in (".yaml", ".yml"):
+            data = yaml.safe_load(text)
+            # A MindFormers task YAML keeps the config under model.model_config.
+            if isinstance(data, dict) and isinstance(data.get("model"), dict) and "model_config" in data["model"]:
+                data = data["model"]["model_config"]
+        else:
+            data = json.loads(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(str(file), f"cannot be parsed: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(str(file), "must hold a mapping of config keys")
+    return data
+
+
+def config_class_for(data: Dict[str, Any], source: str):
+    """The registered config class for a config dict (by `model_type`, or MindFormers' `type`)."""
+    plugins = get_plugins()
+    model_type = data.get("model_type")
+    if model_type:
+        return plugins.configs.get(model_type)
+    class_name = data.get("type")
+    if class_name:
+        entry = plugins.configs.find_by_class_name(class_name)
+        if entry is None:
+            raise UnknownNameError(f"{source}: config type {class_name!r} is not registered by any plugin; "
+                                   f"install the plugin that provides it or use auto_register")
+        return entry.load()
+    raise ConfigError(f"{source}: model_type", "missing; the config must say which model it is for")
+
+
+class AutoConfig:
+    """`AutoConfig.from_pretrained("llama3-8b" | dir | file, **overrides)`."""
+
+    @staticmethod
+    def from_pretrained(name_or_path: PathOrName, **overrides) -> PretrainedConfig:
+        path = Path(name_or_path)
+        if path.exists():
+            data = load_config_dict(path)
+            return config_class_for(data, str(path)).from_dict(data, **overrides)
+        preset = get_plugins().preset(str(name_or_path))
+        config_cls = get_plugins().configs.get(preset.model_type)
+        return config_cls.from_dict(dict(preset.config), **overrides)
+
+    @staticmethod
+    def for_model(model_type: str, **kwargs) -> PretrainedConfig:
+        return get_plugins().configs.get(model_type).from_dict(kwargs)
+
+
+class AutoModelForCausalLM:
+    """`AutoModelForCausalLM.from_pretrained("llama3-tiny" | dir, dtype=...)` / `.from_config(config)`."""
+
+    @staticmethod
+    def model_class(model_type: str):
+        return get_plugins().models.get(model_type)
+
+    @classmethod
+    def from_config(cls, config: PretrainedConfig, **kwargs):
+        return cls.model_class(config.model_type)(config, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: PathOrName, config: Optional[PretrainedConfig] = None, **kwargs):
+        if config is None:
+            config = AutoConfig.from_pretrained(name_or_path)
+        return cls.model_class(config.model_type).from_pretrained(name_or_path, config=config, **kwargs)
+
+
+class AutoTokenizer:
+    """`AutoTokenizer.from_pretrained("llama3-8b" | dir, use_fast=True)`."""
+
+    @staticmethod
+    def tokenizer_class(name: str, use_fast: bool = False):
+        tokenizers = get_plugins().tokenizers
+        if use_fast and not name.endswith("Fast") and f"{name}Fast" in tokenizers:
+            name = f"{name}Fast"
+        return tokenizers.get(name)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: PathOrName, use_fast: bool = False, **kwargs):
+        path = Path(name_or_path)
+        if path.exists():
+            directory = path if path.is_dir() else path.parent
+            name = _tokenizer_class_in_directory(directory)
+            return cls.tokenizer_class(name, use_fast).from_pretrained(directory, **kwargs)
+        preset = get_plugins().preset(str(name_or_path))
+        if preset.tokenizer is None:
+            raise ConfigError(f"preset {preset.name}", "has no tokenizer; pass a directory holding tokenizer files")
+        spec = {"type": preset.tokenizer} if isinstance(preset.tokenizer, str) else dict(preset.tokenizer)
+        tokenizer_cls = cls.tokenizer_class(spec.pop("type"), use_fast)
+        spec.update(kwargs)
+        return tokenizer_cls.from_preset(**spec) if hasattr(tokenizer_cls, "from_preset") else tokenizer_cls(**spec)
+
+
+def _tokenizer_class_in_directory(directory: Path) -> str:
+    tokenizer_config = directory / "tokenizer_config.json"
+    if tokenizer_config.exists():
+        name = json.loads(tokenizer_config.read_text(encoding="utf-8")).get("tokenizer_class")
+        if name:
+            return name
+    raise ConfigError(str(tokenizer_config), "missing or without 'tokenizer_class'; cannot tell which tokenizer to load")

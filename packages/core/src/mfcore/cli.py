@@ -1,0 +1,169 @@
+"""The `mfcore` command line (also `python -m mfcore`).
+
+Built on argparse so `mfcore --help`, `mfcore plugins` and `mfcore models` never import MindSpore.
+Plugins add subcommands through the `register_commands(cli)` hook, where `cli` is argparse's
+subparsers object: `cli.add_parser("convert", help=...).set_defaults(func=run_convert)`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import List, Optional
+
+from .errors import MfcoreError
+from .plugins import get_plugins
+
+
+def both_spellings(flag: str) -> List[str]:
+    """MindFormers spells flags with underscores; accept --kebab-case too."""
+    names = [flag]
+    if "_" in flag:
+        names.append(flag.replace("_", "-"))
+    return names
+
+
+def cmd_plugins(args) -> int:
+    plugins = get_plugins()
+    infos = list(plugins.info.values())
+    if args.json:
+        print(json.dumps([info.to_dict() for info in infos], indent=2))
+        return 0
+    for info in infos:
+        version = f" {info.version}" if info.version else ""
+        dist = f" ({info.distribution}{version})" if info.distribution else ""
+        print(f"{info.name}{dist}{'' if info.ok else '  [BROKEN]'}")
+        for kind, names in info.registered.items():
+            print(f"  {kind}: {', '.join(names)}")
+        for error in info.errors:
+            print(f"  error: {error}")
+    return 0
+
+
+def cmd_models(args) -> int:
+    plugins = get_plugins()
+    rows = []
+    for entry in plugins.presets.entries():
+        preset = entry.value
+        if entry.name != preset.name:
+            continue  # an alias; shown next to its preset
+        rows.append({"name": preset.name, "model_type": preset.model_type, "plugin": entry.plugin,
+                     "aliases": list(preset.aliases), "description": preset.description})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no presets registered; install a model plugin, e.g. `pip install mf-llama3`")
+        return 0
+    width = max(len(r["name"]) for r in rows)
+    type_width = max(len(r["model_type"]) for r in rows)
+    for r in rows:
+        aliases = f"  (aliases: {', '.join(r['aliases'])})" if r["aliases"] else ""
+        print(f"{r['name']:<{width}}  {r['model_type']:<{type_width}}  {r['plugin']}{aliases}")
+    return 0
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of MindFormers' run_mindformer.py (plus --model for a preset)."""
+    add = parser.add_argument
+    add("--model", help="a preset name (see `mfcore models`); a preset alone is a complete task")
+    add(*both_spellings("--config"), help="task YAML in MindFormers' layout")
+    add(*both_spellings("--run_mode"), choices=["train", "finetune", "eval", "predict"])
+    add(*both_spellings("--mode"), help="0 / graph or 1 / pynative")
+    add(*both_spellings("--device_target"), choices=["CPU", "Ascend", "GPU"])
+    add(*both_spellings("--device_id"), type=int)
+    add(*both_spellings("--load_checkpoint"), help="checkpoint file or directory")
+    add(*both_spellings("--register_path"), help="directory put on sys.path for auto_register classes")
+    add(*both_spellings("--predict_data"), nargs="+", help="prompt(s) for run_mode predict")
+    add(*both_spellings("--predict_batch_size"), type=int)
+    add(*both_spellings("--train_dataset_dir"))
+    add(*both_spellings("--eval_dataset_dir"))
+    add(*both_spellings("--do_eval"), type=_bool)
+    add(*both_spellings("--output_dir"))
+    add(*both_spellings("--seed"), type=int)
+    add(*both_spellings("--resume_training"), nargs="?", const=True, type=_bool_or_path)
+    add(*both_spellings("--use_parallel"), type=_bool)
+    add(*both_spellings("--epochs"), type=int)
+    add(*both_spellings("--batch_size"), type=int)
+    add(*both_spellings("--gradient_accumulation_steps"), type=int)
+    add(*both_spellings("--num_samples"), type=int)
+    add(*both_spellings("--sink_mode"), type=_bool)
+    add(*both_spellings("--do_sample"), type=_bool)
+    add(*both_spellings("--max_new_tokens"), type=int)
+    add(*both_spellings("--tokenizer"), help="tokenizer preset or directory")
+    add(*both_spellings("--options"), nargs="+", help="override YAML keys: a.b.c=value")
+    # Accepted for compatibility; they concern Ascend clusters and have no effect here.
+    for flag in ("--src_strategy_path_or_dir", "--auto_trans_ckpt", "--transform_process_num",
+                 "--only_save_strategy", "--strategy_load_checkpoint", "--profile", "--adapter_id",
+                 "--trust_remote_code"):
+        add(*both_spellings(flag), help=argparse.SUPPRESS)
+
+
+def _bool(text: str) -> bool:
+    lowered = str(text).lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def _bool_or_path(text):
+    try:
+        return _bool(text)
+    except argparse.ArgumentTypeError:
+        return text
+
+
+def cmd_run(args) -> int:
+    from .task import run_task  # imported here: it brings MindSpore in
+
+    return run_task(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mfcore", description="Build, convert, train and serve LLMs on MindSpore. Model families "
+                                   "are plugins: `pip install mf-llama3`, then `mfcore models`.")
+    parser.add_argument("--version", action="version", version=f"mfcore {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("plugins", help="list installed plugins, what each registered, and broken ones")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_plugins)
+
+    p = sub.add_parser("models", help="list model presets with their model type and plugin")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("run", help="run a task: train, finetune, eval or predict (MindFormers flags)")
+    add_run_arguments(p)
+    p.set_defaults(func=cmd_run)
+
+    get_plugins().add_commands(sub)
+    return parser
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except MfcoreError as exc:
+        print(f"mfcore: error: {exc}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, FileExistsError) as exc:
+        print(f"mfcore: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mfcore: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,18 @@
+"""mf-llama2's plugin module: what it registers with mfcore (found through the `mfcore` entry point).
+
+Classes are registered as import strings so that discovery does not import MindSpore.
+"""
+from mfcore import hookimpl
+
+from .presets import PRESETS
+
+
+@hookimpl
+def register_configs(register):
+    register("llama", "mf_llama2.configuration_llama:LlamaConfig")
+
+
+@hookimpl
+def register_presets(register):
+    for preset in PRESETS:
+        register(preset)

@@ -1,0 +1,10 @@
+"""mf-llama3's plugin module: Llama 3 presets on mf-llama2's `llama` model type."""
+from mfcore import hookimpl
+
+from .presets import PRESETS
+
+
+@hookimpl
+def register_presets(register):
+    for preset in PRESETS:
+        register(preset)
