@@ -16,3 +16,11 @@ def register_configs(register):
 def register_presets(register):
     for preset in PRESETS:
         register(preset)
+
+
+@hookimpl
+def register_converters(register):
+    from .weight_maps import HF_WEIGHT_MAP, MINDFORMERS_WEIGHT_MAP
+
+    register(HF_WEIGHT_MAP)
+    register(MINDFORMERS_WEIGHT_MAP)
