@@ -6,7 +6,7 @@ MindSpore just to describe itself.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, Tuple, Union
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,8 @@ class Preset:
 
 # A name map turns one checkpoint parameter name into another (or None: "not mapped").
 NameMap = Callable[[str], Optional[str]]
-# A tensor transform gets (native name, array, config) and returns the array to store.
+# A tensor transform gets (native name, array, config) and returns the array to store. Arrays are numpy;
+# bfloat16 arrives as its raw uint16 bits, so transforms should only move elements (reshape, transpose).
 TensorTransform = Callable[[str, Any, Any], Any]
 
 
@@ -53,6 +54,20 @@ class WeightMap:
     to_native_transform: Optional[TensorTransform] = None
     from_native_transform: Optional[TensorTransform] = None
     # Optional: turn the foreign format's config (dict) into config kwargs, and back.
-    config_to_native: Optional[Callable[[Mapping[str, Any]], dict]] = None
+    # config_to_native(foreign_config, shapes) also gets {foreign name: shape} of the checkpoint's
+    # tensors, for formats whose config leaves values to the weights (Meta's vocab_size = -1).
+    config_to_native: Optional[Callable[[Mapping[str, Any], Mapping[str, Tuple[int, ...]]], dict]] = None
     config_from_native: Optional[Callable[[Any], dict]] = None
     description: str = ""
+    # Foreign names that are not parameters (cached buffers such as rotary inv_freq): dropped silently.
+    ignore: Optional[Callable[[str], bool]] = None
+    # Every parameter the native network may hold, with its shape, for a config: lets the converter
+    # refuse a wrong shape, a missing tensor or an unexpected one before writing anything.
+    native_shapes: Optional[Callable[[Any], Mapping[str, Tuple[int, ...]]]] = None
+    # Native names that may be absent because they share storage with another when the config ties
+    # them (tie_word_embeddings): {"lm_head.weight": "model.tok_embeddings.embedding_weight"}.
+    tied: Mapping[str, str] = field(default_factory=dict)
+    # Formats split into model-parallel shards (Meta's consolidated.NN.pth): the dimension along which
+    # a tensor is split, given (foreign name, one shard's shape, config); None means every shard
+    # holds the whole tensor (replicated).
+    split_dim: Optional[Callable[[str, Tuple[int, ...], Any], Optional[int]]] = None

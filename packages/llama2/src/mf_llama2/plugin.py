@@ -20,7 +20,8 @@ def register_presets(register):
 
 @hookimpl
 def register_converters(register):
-    from .weight_maps import HF_WEIGHT_MAP, MINDFORMERS_WEIGHT_MAP
+    from .weight_maps import HF_WEIGHT_MAP, META_WEIGHT_MAP, MINDFORMERS_WEIGHT_MAP
 
     register(HF_WEIGHT_MAP)
+    register(META_WEIGHT_MAP)
     register(MINDFORMERS_WEIGHT_MAP)

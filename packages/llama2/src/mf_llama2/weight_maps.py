@@ -1,77 +1,219 @@
-"""Llama parameter names in foreign checkpoint formats, mapped to mfcore's native names.
+"""Llama weights in foreign checkpoint formats: names, tensor transforms, shard rules and configs.
 
 Native names are MindFormers' Llama names, so a MindFormers checkpoint loads as is. Hugging Face
 stores q/k in the same rotary layout as the native network (rotate-half), so the HF map only renames.
+Meta's original checkpoints interleave the two halves of every rotary pair in wq/wk: going in we
+permute them as transformers' convert_llama_weights_to_hf does, going out we apply the exact inverse.
 """
 from __future__ import annotations
 
 import re
-from typing import Optional
+import warnings
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 from mfcore import WeightMap
 
-# (Hugging Face regex, native template) pairs; layer index captured as group 1.
-_HF_TO_NATIVE = [
-    (r"model\.embed_tokens\.weight", "model.tok_embeddings.embedding_weight"),
-    (r"model\.norm\.weight", "model.norm_out.weight"),
-    (r"lm_head\.weight", "lm_head.weight"),
-    (r"model\.layers\.(\d+)\.self_attn\.q_proj\.(weight|bias)", r"model.layers.\1.attention.wq.\2"),
-    (r"model\.layers\.(\d+)\.self_attn\.k_proj\.(weight|bias)", r"model.layers.\1.attention.wk.\2"),
-    (r"model\.layers\.(\d+)\.self_attn\.v_proj\.(weight|bias)", r"model.layers.\1.attention.wv.\2"),
-    (r"model\.layers\.(\d+)\.self_attn\.o_proj\.weight", r"model.layers.\1.attention.wo.weight"),
-    (r"model\.layers\.(\d+)\.mlp\.gate_proj\.weight", r"model.layers.\1.feed_forward.w1.weight"),
-    (r"model\.layers\.(\d+)\.mlp\.down_proj\.weight", r"model.layers.\1.feed_forward.w2.weight"),
-    (r"model\.layers\.(\d+)\.mlp\.up_proj\.weight", r"model.layers.\1.feed_forward.w3.weight"),
-    (r"model\.layers\.(\d+)\.input_layernorm\.weight", r"model.layers.\1.attention_norm.weight"),
-    (r"model\.layers\.(\d+)\.post_attention_layernorm\.weight", r"model.layers.\1.ffn_norm.weight"),
+# One row per parameter: (native, Hugging Face, Meta) templates, {n} = layer index. None: the format
+# has no such tensor (Meta's Llama has no q/k/v biases).
+_NAMES = [
+    ("model.tok_embeddings.embedding_weight", "model.embed_tokens.weight", "tok_embeddings.weight"),
+    ("model.norm_out.weight", "model.norm.weight", "norm.weight"),
+    ("lm_head.weight", "lm_head.weight", "output.weight"),
+    ("model.layers.{n}.attention.wq.weight", "model.layers.{n}.self_attn.q_proj.weight", "layers.{n}.attention.wq.weight"),
+    ("model.layers.{n}.attention.wk.weight", "model.layers.{n}.self_attn.k_proj.weight", "layers.{n}.attention.wk.weight"),
+    ("model.layers.{n}.attention.wv.weight", "model.layers.{n}.self_attn.v_proj.weight", "layers.{n}.attention.wv.weight"),
+    ("model.layers.{n}.attention.wo.weight", "model.layers.{n}.self_attn.o_proj.weight", "layers.{n}.attention.wo.weight"),
+    ("model.layers.{n}.attention.wq.bias", "model.layers.{n}.self_attn.q_proj.bias", None),
+    ("model.layers.{n}.attention.wk.bias", "model.layers.{n}.self_attn.k_proj.bias", None),
+    ("model.layers.{n}.attention.wv.bias", "model.layers.{n}.self_attn.v_proj.bias", None),
+    ("model.layers.{n}.feed_forward.w1.weight", "model.layers.{n}.mlp.gate_proj.weight", "layers.{n}.feed_forward.w1.weight"),
+    ("model.layers.{n}.feed_forward.w2.weight", "model.layers.{n}.mlp.down_proj.weight", "layers.{n}.feed_forward.w2.weight"),
+    ("model.layers.{n}.feed_forward.w3.weight", "model.layers.{n}.mlp.up_proj.weight", "layers.{n}.feed_forward.w3.weight"),
+    ("model.layers.{n}.attention_norm.weight", "model.layers.{n}.input_layernorm.weight", "layers.{n}.attention_norm.weight"),
+    ("model.layers.{n}.ffn_norm.weight", "model.layers.{n}.post_attention_layernorm.weight", "layers.{n}.ffn_norm.weight"),
 ]
-# HF buffers that are not parameters (older checkpoints carry them): dropped on the way in.
+_NATIVE, _HF, _META = 0, 1, 2
+TIED = {"lm_head.weight": "model.tok_embeddings.embedding_weight"}
+
+
+def _pattern(template: str) -> "re.Pattern":
+    return re.compile(re.escape(template).replace(r"\{n\}", r"(?P<n>\d+)"))
+
+
+class _NameTable:
+    """Renames between two columns of _NAMES."""
+
+    def __init__(self, source: int, target: int):
+        self.rows = [(_pattern(row[source]), row[target]) for row in _NAMES
+                     if row[source] is not None and row[target] is not None]
+
+    def __call__(self, name: str) -> Optional[str]:
+        for pattern, template in self.rows:
+            match = pattern.fullmatch(name)
+            if match:
+                return template.replace("{n}", match.group("n")) if "{n}" in template else template
+        return None
+
+
+hf_to_native = _NameTable(_HF, _NATIVE)
+native_to_hf = _NameTable(_NATIVE, _HF)
+meta_to_native = _NameTable(_META, _NATIVE)
+native_to_meta = _NameTable(_NATIVE, _META)
+_native_names = _NameTable(_NATIVE, _NATIVE)
+
+
+def mindformers_name(name: str) -> Optional[str]:
+    """MindFormers' names are the native ones: a name maps to itself when it is a Llama parameter."""
+    return _native_names(name)
+
+
+# Buffers some checkpoints carry that are not parameters (recomputed by the network).
 _HF_IGNORED = re.compile(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq")
+_META_IGNORED = re.compile(r"rope\.freqs|layers\.\d+\.attention\.inner_attention\.rope\.freqs")
 
 
-def _invert(pairs):
-    """Native regex -> HF template, built from the same table so both directions stay in step."""
-    inverted = []
-    for pattern, template in pairs:
-        groups = iter(re.findall(r"\((?:[^()]|\([^()]*\))*\)", pattern))
-        native_pattern = re.escape(template)
-        for index in (1, 2):
-            native_pattern = native_pattern.replace(rf"\\{index}", next(groups, ""), 1)
-        hf_template = pattern.replace(r"\.", ".")
-        counter = iter(range(1, 3))
-        hf_template = re.sub(r"\((?:[^()]|\([^()]*\))*\)", lambda _m: rf"\{next(counter)}", hf_template)
-        inverted.append((native_pattern, hf_template))
-    return inverted
+# -- shapes -------------------------------------------------------------------------------------------
+def native_shapes(config) -> Dict[str, Tuple[int, ...]]:
+    """Every parameter of the native Llama network for `config`, with its shape."""
+    hidden, vocab, inter = config.hidden_size, config.vocab_size, config.intermediate_size
+    head_dim = hidden // config.num_heads
+    q_out, kv_out = config.num_heads * head_dim, config.n_kv_heads * head_dim
+    shapes = {"model.tok_embeddings.embedding_weight": (vocab, hidden), "model.norm_out.weight": (hidden,),
+              "lm_head.weight": (vocab, hidden)}
+    for n in range(config.num_layers):
+        prefix = f"model.layers.{n}."
+        shapes.update({
+            prefix + "attention.wq.weight": (q_out, hidden), prefix + "attention.wk.weight": (kv_out, hidden),
+            prefix + "attention.wv.weight": (kv_out, hidden), prefix + "attention.wo.weight": (hidden, q_out),
+            prefix + "feed_forward.w1.weight": (inter, hidden), prefix + "feed_forward.w2.weight": (hidden, inter),
+            prefix + "feed_forward.w3.weight": (inter, hidden),
+            prefix + "attention_norm.weight": (hidden,), prefix + "ffn_norm.weight": (hidden,)})
+        if getattr(config, "qkv_has_bias", False):
+            shapes.update({prefix + "attention.wq.bias": (q_out,), prefix + "attention.wk.bias": (kv_out,),
+                           prefix + "attention.wv.bias": (kv_out,)})
+    return shapes
 
 
-def _rename(pairs, name: str) -> Optional[str]:
-    for pattern, template in pairs:
-        match = re.fullmatch(pattern, name)
-        if match:
-            return match.expand(template)
+# -- Meta's rotary layout -------------------------------------------------------------------------------
+def _heads_for(native_name: str, config) -> Optional[int]:
+    if native_name.endswith("attention.wq.weight"):
+        return config.num_heads
+    if native_name.endswith("attention.wk.weight"):
+        return config.n_kv_heads
     return None
 
 
-_NATIVE_TO_HF = _invert(_HF_TO_NATIVE)
+def meta_to_native_transform(native_name: str, array, config):
+    """Meta wq/wk rows (pairs interleaved per head) -> rotate-half layout (halves split per head)."""
+    heads = _heads_for(native_name, config)
+    if heads is None:
+        return array
+    rows, cols = array.shape
+    return array.reshape(heads, rows // heads // 2, 2, cols).transpose(0, 2, 1, 3).reshape(rows, cols)
 
 
-def hf_to_native(name: str) -> Optional[str]:
-    """'model.layers.0.self_attn.q_proj.weight' -> 'model.layers.0.attention.wq.weight' (None: unmapped)."""
-    if _HF_IGNORED.fullmatch(name):
-        return None
-    return _rename(_HF_TO_NATIVE, name)
+def native_to_meta_transform(native_name: str, array, config):
+    """Exact inverse of meta_to_native_transform."""
+    heads = _heads_for(native_name, config)
+    if heads is None:
+        return array
+    rows, cols = array.shape
+    return array.reshape(heads, 2, rows // heads // 2, cols).transpose(0, 2, 1, 3).reshape(rows, cols)
 
 
-def native_to_hf(name: str) -> Optional[str]:
-    return _rename(_NATIVE_TO_HF, name)
+def meta_split_dim(meta_name: str, shard_shape: Tuple[int, ...], config) -> Optional[int]:
+    """Which dimension Meta's model-parallel code splits a tensor on (None: replicated in every shard).
+
+    Column-parallel layers (wq, wk, wv, w1, w3, output) are split on their output rows, row-parallel
+    ones (wo, w2) on their input columns. The embedding is split on the hidden dimension in Llama 2
+    (ParallelEmbedding) and on the vocabulary in Llama 3 (VocabParallelEmbedding): the shard's shape says
+    which.
+    """
+    if meta_name == "tok_embeddings.weight":
+        return 0 if shard_shape[1] == config.hidden_size else 1
+    if meta_name == "output.weight" or re.search(r"\.(wq|wk|wv|w1|w3)\.weight$", meta_name):
+        return 0
+    if re.search(r"\.(wo|w2)\.weight$", meta_name):
+        return 1
+    return None
 
 
-def _identity(name: str) -> Optional[str]:
-    return name
+# -- configs ----------------------------------------------------------------------------------------------
+_LLAMA31_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                    "original_max_position_embeddings": 8192}
 
 
-HF_WEIGHT_MAP = WeightMap(model_type="llama", source="hf", to_native=hf_to_native, from_native=native_to_hf,
-                          description="Hugging Face LlamaForCausalLM (transformers) names; no tensor changes")
+def meta_config_to_native(params: Mapping[str, Any], shapes: Mapping[str, Tuple[int, ...]]) -> dict:
+    """Meta params.json -> LlamaConfig kwargs. Values params.json leaves open come from the weights."""
+    out = {"hidden_size": params["dim"], "num_layers": params["n_layers"], "num_heads": params["n_heads"],
+           "n_kv_heads": params.get("n_kv_heads") or params["n_heads"],
+           "rms_norm_eps": params.get("norm_eps", 1e-5), "multiple_of": params.get("multiple_of", 256),
+           "ffn_dim_multiplier": params.get("ffn_dim_multiplier"), "theta": params.get("rope_theta", 10000.0)}
+    vocab = params.get("vocab_size", -1)
+    if (vocab is None or vocab <= 0) and "tok_embeddings.weight" in shapes:
+        vocab = shapes["tok_embeddings.weight"][0]
+    if vocab and vocab > 0:
+        out["vocab_size"] = vocab
+    if "layers.0.feed_forward.w1.weight" in shapes:  # exact even where multiple_of rounding is ambiguous
+        out["intermediate_size"] = shapes["layers.0.feed_forward.w1.weight"][0]
+    if params.get("max_seq_len"):
+        out["seq_length"] = params["max_seq_len"]
+    if params.get("use_scaled_rope"):
+        out["rope_scaling"] = dict(_LLAMA31_SCALING)
+    out["tie_word_embeddings"] = "output.weight" not in shapes
+    return out
+
+
+def meta_config_from_native(config) -> dict:
+    """LlamaConfig -> Meta params.json (Meta's code derives the FFN width from multiple_of)."""
+    from .configuration_llama import llama_intermediate_size
+
+    params = {"dim": config.hidden_size, "n_layers": config.num_layers, "n_heads": config.num_heads,
+              "n_kv_heads": config.n_kv_heads, "vocab_size": config.vocab_size, "multiple_of": config.multiple_of,
+              "ffn_dim_multiplier": config.ffn_dim_multiplier, "norm_eps": config.rms_norm_eps,
+              "rope_theta": config.theta}
+    if config.rope_scaling:
+        params["use_scaled_rope"] = True
+    if llama_intermediate_size(config.hidden_size, config.multiple_of, config.ffn_dim_multiplier) != \
+            config.intermediate_size:
+        warnings.warn(f"intermediate_size {config.intermediate_size} does not follow Meta's multiple_of/"
+                      f"ffn_dim_multiplier rule; Meta's own code would build a different FFN width "
+                      f"(mfcore reads the width from the weights)", UserWarning, stacklevel=2)
+    return params
+
+
+def hf_config_from_native(config) -> dict:
+    """LlamaConfig -> a Hugging Face config.json that transformers' LlamaForCausalLM loads."""
+    data = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": config.vocab_size,
+            "hidden_size": config.hidden_size, "intermediate_size": config.intermediate_size,
+            "num_hidden_layers": config.num_layers, "num_attention_heads": config.num_heads,
+            "num_key_value_heads": config.n_kv_heads, "head_dim": config.hidden_size // config.num_heads,
+            "hidden_act": "silu", "max_position_embeddings": config.max_position_embedding,
+            "initializer_range": config.initializer_range, "rms_norm_eps": config.rms_norm_eps,
+            "rope_theta": config.theta, "attention_bias": bool(config.qkv_has_bias), "attention_dropout": 0.0,
+            "mlp_bias": False, "pretraining_tp": 1, "tie_word_embeddings": bool(config.tie_word_embeddings),
+            "bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id,
+            "pad_token_id": config.pad_token_id}
+    if config.rope_scaling:
+        data["rope_scaling"] = dict(config.rope_scaling)
+    return data
+
+
+def _matches(pattern):
+    return lambda name: bool(pattern.fullmatch(name))
+
+
+HF_WEIGHT_MAP = WeightMap(
+    model_type="llama", source="hf", to_native=hf_to_native, from_native=native_to_hf,
+    config_from_native=hf_config_from_native, ignore=_matches(_HF_IGNORED), native_shapes=native_shapes,
+    tied=TIED, description="Hugging Face LlamaForCausalLM (transformers) names; no tensor changes")
+META_WEIGHT_MAP = WeightMap(
+    model_type="llama", source="meta", to_native=meta_to_native, from_native=native_to_meta,
+    to_native_transform=meta_to_native_transform, from_native_transform=native_to_meta_transform,
+    config_to_native=meta_config_to_native, config_from_native=meta_config_from_native,
+    ignore=_matches(_META_IGNORED), native_shapes=native_shapes, tied=TIED, split_dim=meta_split_dim,
+    description="Meta's original consolidated.NN.pth + params.json; wq/wk permuted to rotate-half")
 # MindFormers' Llama names are the native ones.
-MINDFORMERS_WEIGHT_MAP = WeightMap(model_type="llama", source="mindformers", to_native=_identity,
-                                   from_native=_identity, description="MindFormers LlamaForCausalLM names")
+MINDFORMERS_WEIGHT_MAP = WeightMap(
+    model_type="llama", source="mindformers", to_native=mindformers_name, from_native=mindformers_name,
+    native_shapes=native_shapes, tied=TIED, description="MindFormers LlamaForCausalLM names (native)")
