@@ -1,2 +1,10 @@
 """Core's own plugin: what mfcore itself provides goes through the same registries as any plugin."""
-from .hookspecs import hookimpl  # noqa: F401  (hooks are added here as core grows built-in providers)
+from .hookspecs import hookimpl
+
+
+@hookimpl
+def register_datasets(register):
+    # Import strings: resolving them imports only mfcore.data_formats (no MindSpore).
+    for name, obj in (("text", "TextFormat"), ("jsonl", "JsonlFormat"), ("wikitext", "WikitextFormat"),
+                      ("alpaca", "AlpacaFormat"), ("chat", "ChatFormat"), ("chatml", "ChatMLTemplate")):
+        register(name, f"mfcore.data_formats:{obj}")

@@ -140,6 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_arguments(p)
     p.set_defaults(func=cmd_run)
 
+    from .data import add_data_command  # numpy only; MindSpore is imported when the command runs
+
+    add_data_command(sub)
+
     get_plugins().add_commands(sub)
     return parser
 

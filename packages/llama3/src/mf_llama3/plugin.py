@@ -8,3 +8,8 @@ from .presets import PRESETS
 def register_presets(register):
     for preset in PRESETS:
         register(preset)
+
+
+@hookimpl
+def register_datasets(register):
+    register("llama3-chat", "mf_llama3.chat_template:Llama3ChatTemplate")
