@@ -212,6 +212,10 @@ class Plugins:
         except Exception as exc:  # e.g. a hookimpl whose name or arguments match no hookspec
             info.errors.append(f"invalid plugin: {type(exc).__name__}: {exc}")
             return info
+        unknown = [caller.name for caller in self.manager.get_hookcallers(module) or [] if caller.spec is None]
+        if unknown:  # usually a typo in a hook name: the plugin would silently do nothing
+            info.errors.append(f"unknown hook(s) {', '.join(unknown)}; mfcore's hooks are "
+                               f"{', '.join('register_' + k for k in KINDS)}, register_commands")
         for kind in KINDS:
             self._call_register_hook(name, info, kind)
         return info

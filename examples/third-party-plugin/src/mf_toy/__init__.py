@@ -1,0 +1,1 @@
+"""mf-example-toy: a minimal third-party plugin for mfcore."""
