@@ -64,3 +64,17 @@ def test_class_of_unknown_kind_is_refused(research_dir):
 def test_register_path_must_exist(tmp_path):
     with pytest.raises(ConfigError, match="--register_path"):
         apply_auto_register({}, register_path=str(tmp_path / "nope"))
+
+
+def test_research_module_of_an_installed_class_falls_back_to_the_plugin(make_distribution):
+    make_distribution("mf-good", "1.0", {"good": "mf_good_plugin2"}, {"mf_good_plugin2": """
+from mfcore import PretrainedConfig, hookimpl
+class GoodConfig(PretrainedConfig):
+    model_type = "good"
+@hookimpl
+def register_configs(register):
+    register("good", GoodConfig)
+"""})
+    lines = apply_auto_register({"model": {"model_config": {"auto_register": "good_research.GoodConfig"}}})
+    assert lines == ["model.model_config.auto_register: good_research.GoodConfig not importable; "
+                     "using GoodConfig from plugin 'good'"]

@@ -82,8 +82,23 @@ def apply_auto_register(task: dict, register_path: Optional[str] = None,
         try:
             cls = getattr(importlib.import_module(module_name), class_name)
         except (ImportError, AttributeError) as exc:
+            provider = _installed_provider(plugins, class_name)
+            if provider:
+                # MindFormers YAMLs name research-folder modules (llama3_tokenizer.Llama3Tokenizer) for
+                # classes an installed plugin already provides: use the plugin's class.
+                done.append(f"{key_path}: {target} not importable; using {class_name} from plugin {provider!r}")
+                continue
             hint = "" if register_path else " (did you forget --register_path DIR?)"
             raise PluginError(f"{key_path}: cannot import {target!r}: {exc}{hint}") from exc
         kind = register_class(plugins, cls, key_path)
         done.append(f"{key_path}: {target} -> {kind}")
     return done
+
+
+def _installed_provider(plugins: Plugins, class_name: str) -> Optional[str]:
+    """The plugin that registered a class of this name (config, model or tokenizer), if any."""
+    for registry in (plugins.configs, plugins.models, plugins.tokenizers):
+        entry = registry.find_by_class_name(class_name)
+        if entry is not None:
+            return entry.plugin
+    return None
