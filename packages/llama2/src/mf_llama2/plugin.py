@@ -13,6 +13,11 @@ def register_configs(register):
 
 
 @hookimpl
+def register_models(register):
+    register("llama", "mf_llama2.modeling_llama:LlamaForCausalLM")
+
+
+@hookimpl
 def register_presets(register):
     for preset in PRESETS:
         register(preset)

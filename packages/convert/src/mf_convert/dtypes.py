@@ -1,0 +1,62 @@
+"""Tensor dtypes by their safetensors names, and exact casts between float32, float16 and bfloat16.
+
+numpy has no bfloat16: a bf16 tensor is held as its raw uint16 bits and only moved, never computed
+on, so it survives any round trip bit for bit. Casts round to nearest even, as torch and MindSpore do.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from mfcore import ConfigError
+
+# safetensors dtype name -> numpy storage dtype (BF16 stored as its uint16 bit pattern).
+STORAGE = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16,
+           "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
+           "BOOL": np.bool_}
+FLOATS = ("F64", "F32", "F16", "BF16")
+ITEMSIZE = {name: np.dtype(dt).itemsize for name, dt in STORAGE.items()}
+# --dtype spellings -> safetensors names
+CLI_DTYPES = {"fp32": "F32", "float32": "F32", "fp16": "F16", "float16": "F16", "bf16": "BF16",
+              "bfloat16": "BF16"}
+# names used by LlamaConfig / torch / MindSpore for the same dtypes
+CONFIG_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
+
+
+def parse_dtype(text: str) -> str:
+    try:
+        return CLI_DTYPES[str(text).lower()]
+    except KeyError:
+        raise ConfigError("--dtype", f"unknown dtype {text!r}; use fp32, fp16 or bf16") from None
+
+
+def storage_dtype(name: str) -> np.dtype:
+    try:
+        return np.dtype(STORAGE[name])
+    except KeyError:
+        raise ValueError(f"unsupported tensor dtype {name!r}; supported: {', '.join(STORAGE)}") from None
+
+
+def bf16_to_f32(bits: np.ndarray) -> np.ndarray:
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+def f32_to_bf16(values: np.ndarray) -> np.ndarray:
+    """Round float32 to bfloat16 bits, nearest even; NaN stays a (quiet) NaN."""
+    values = np.ascontiguousarray(values, dtype=np.float32)
+    bits = values.view(np.uint32)
+    rounded = ((bits + (np.uint32(0x7FFF) + ((bits >> 16) & 1))) >> 16).astype(np.uint16)
+    nan = np.isnan(values)
+    if nan.any():
+        rounded[nan] = ((bits[nan] >> 16) | 0x0040).astype(np.uint16)
+    return rounded
+
+
+def cast(array: np.ndarray, source: str, target: str) -> np.ndarray:
+    """Cast `array` (stored as `source`) to `target`; integer tensors and same-dtype casts pass through."""
+    if source == target or source not in FLOATS or target not in FLOATS:
+        return array
+    if source == "BF16":
+        array = bf16_to_f32(array)
+    if target == "BF16":
+        return f32_to_bf16(array)
+    return array.astype(STORAGE[target])

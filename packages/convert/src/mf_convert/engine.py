@@ -1,0 +1,275 @@
+"""The conversion: plan every tensor from the headers, then stream them through name maps, tensor
+transforms and dtype casts into a temporary directory that replaces DST only when complete.
+
+source tensor --to_native + to_native_transform--> native --from_native + from_native_transform--> target
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from mfcore import CheckpointError, ConfigError, get_plugins
+from mfcore.atomic import atomic_directory
+
+from . import detect, readers, writers
+from .dtypes import CONFIG_NAMES, FLOATS, ITEMSIZE, cast, parse_dtype
+
+MS_METADATA = {"format": "ms"}   # what mindspore.save_checkpoint(format="safetensors") writes
+HF_METADATA = {"format": "pt"}   # what transformers expects in its safetensors files
+
+
+@dataclass
+class Item:
+    """One tensor of the conversion."""
+
+    source_name: str
+    native_name: str
+    target_name: str
+    shape: tuple
+    source_dtype: str
+    target_dtype: str
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * ITEMSIZE[self.target_dtype]
+
+
+@dataclass
+class ConvertResult:
+    dst: Path
+    source_format: str
+    target_format: str
+    model_type: str
+    tensors: int
+    bytes_written: int
+    seconds: float
+    files: List[str] = field(default_factory=list)
+    tokenizer_files: List[str] = field(default_factory=list)
+    verified: bool = False
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.bytes_written / 1e6 / max(self.seconds, 1e-9)
+
+
+class Conversion:
+    """A planned conversion of one checkpoint. `convert()` below is the usual entry point."""
+
+    def __init__(self, src, source_format: Optional[str] = None, target_format: str = "mindformers",
+                 model_type: Optional[str] = None, dtype: Optional[str] = None, config=None):
+        self.src = Path(src)
+        if source_format is not None and source_format not in detect.FORMATS:
+            raise ConfigError("--from", f"unknown format {source_format!r}; use one of {', '.join(detect.FORMATS)}")
+        if target_format not in detect.FORMATS:
+            raise ConfigError("--to", f"unknown format {target_format!r}; use one of {', '.join(detect.FORMATS)}")
+        self.source_format = source_format or detect.detect_format(self.src, model_type)
+        self.target_format = target_format
+        config_dict, self.config_file = detect.source_config_dict(self.src, self.source_format,
+                                                                  Path(config) if config else None)
+        self.model_type = model_type or detect.detect_model_type(config_dict, self.source_format, self.src)
+        plugins = get_plugins()
+        self.source_map = plugins.converter(self.model_type, self.source_format)
+        self.target_map = plugins.converter(self.model_type, target_format)
+        self.source = self._open_source()
+        if config_dict is None:
+            raise ConfigError("--config", f"{self.src}: no config beside the weights (config.json / params.json); "
+                                          f"pass --config with a config.json or a MindFormers YAML")
+        self.config = self._build_config(config_dict)
+        self.dtype = parse_dtype(dtype) if dtype else None
+        self.items = self._plan()
+
+    # -- source ------------------------------------------------------------------------------------
+    def _open_source(self) -> readers.TensorSource:
+        directory = detect.weight_directory(self.src)
+        if self.source_format == "meta":
+            files = [self.src] if self.src.is_file() else readers.meta_shard_files(self.src)
+            shards = [readers.TorchFile(f) for f in files]
+            split = self.source_map.split_dim
+            if len(shards) > 1 and split is None:
+                raise ConfigError("--from", f"the {self.model_type} meta map has no shard rules (split_dim)")
+            # split_dim needs the config, which needs merged shapes: a config-free view first.
+            self._pending_split = split
+            return readers.MetaShards(shards, directory, lambda name, shape: self._split(name, shape))
+        files = [self.src] if self.src.is_file() else readers.weight_files(self.src)
+        source = readers.TensorSource([readers.open_file(f) for f in files], directory)
+        if self.src.is_dir():
+            readers.check_index_contents(self.src, source)
+        return source
+
+    def _split(self, name, shape):
+        return self._pending_split(name, shape, self._config_for_split)
+
+    def _build_config(self, config_dict: dict):
+        config_cls = get_plugins().configs.get(self.model_type)
+        if self.source_map.config_to_native is not None and self.config_file is not None \
+                and self.config_file.name == "params.json":
+            # Meta: the embedding's split dim depends only on params.json's dim, known before merging.
+            self._config_for_split = _Dims(config_dict)
+            shapes = {name: self.source.shape(name) for name in self.source.names()}
+            config = config_cls.from_dict(self.source_map.config_to_native(config_dict, shapes))
+            self._config_for_split = config
+            return config
+        return config_cls.from_dict(config_dict)
+
+    # -- plan --------------------------------------------------------------------------------------
+    def _plan(self) -> List[Item]:
+        source, fmt = self.source, self.source_format
+        items: Dict[str, Item] = {}
+        for name in source.names():
+            if self.source_map.ignore is not None and self.source_map.ignore(name):
+                continue
+            native = self.source_map.to_native(name)
+            if native is None:
+                raise CheckpointError(f"{source.where(name)}: tensor {name!r} is not a {self.model_type} parameter "
+                                      f"that the {fmt!r} name map knows (unmapped name); is --from {fmt} / "
+                                      f"--model-type {self.model_type} right?")
+            if native in items:
+                raise CheckpointError(f"{source.where(name)}: tensors {items[native].source_name!r} and {name!r} "
+                                      f"both map to {native!r}")
+            target = self.target_map.from_native(native)
+            if target is None:
+                raise CheckpointError(f"{source.where(name)}: tensor {name!r} ({native}) has no name in format "
+                                      f"{self.target_format!r}")
+            dtype = source.dtype(name)
+            target_dtype = self.dtype if (self.dtype and dtype in FLOATS) else dtype
+            items[native] = Item(name, native, target, source.shape(name), dtype, target_dtype)
+        self._check_against_config(items)
+        return list(items.values())
+
+    def _check_against_config(self, items: Dict[str, Item]) -> None:
+        shapes_of = self.source_map.native_shapes or self.target_map.native_shapes
+        if shapes_of is None:
+            return
+        expected = dict(shapes_of(self.config))
+        hint = " (is a consolidated.NN.pth shard missing?)" if self.source_format == "meta" else ""
+        for native, item in items.items():
+            where = self.source.where(item.source_name)
+            if native not in expected:
+                raise CheckpointError(f"{where}: tensor {item.source_name!r} ({native}) is not a parameter of this "
+                                      f"{self.model_type} config (num_layers={getattr(self.config, 'num_layers', '?')})")
+            if tuple(item.shape) != tuple(expected[native]):
+                raise CheckpointError(f"{where}: tensor {item.source_name!r} has shape {list(item.shape)}, the config "
+                                      f"({self.config_file}) needs {list(expected[native])}{hint}")
+        tied = self.source_map.tied if getattr(self.config, "tie_word_embeddings", False) else {}
+        missing = [n for n in expected if n not in items and n not in tied]
+        if missing:
+            foreign = self.source_map.from_native(missing[0]) or missing[0]
+            raise CheckpointError(f"{self.src}: tensor {foreign!r} is missing ({len(missing)} missing in all); "
+                                  f"a shard or file of the checkpoint may be missing or truncated")
+
+    # -- tensors -----------------------------------------------------------------------------------
+    def produce(self, item: Item) -> np.ndarray:
+        array = self.source.read(item.source_name)
+        if tuple(array.shape) != tuple(item.shape):
+            raise CheckpointError(f"{self.source.where(item.source_name)}: tensor {item.source_name!r} read as "
+                                  f"{list(array.shape)}, header says {list(item.shape)}")
+        if self.source_map.to_native_transform is not None:
+            array = self.source_map.to_native_transform(item.native_name, array, self.config)
+        if self.target_map.from_native_transform is not None:
+            array = self.target_map.from_native_transform(item.native_name, array, self.config)
+        return cast(array, item.source_dtype, item.target_dtype)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(item.nbytes for item in self.items)
+
+    # -- output ------------------------------------------------------------------------------------
+    def write(self, directory: Path, shard_size="5GB", ms_format: str = "safetensors", on_tensor=None) -> List[Path]:
+        by_target = {item.target_name: item for item in self.items}
+        plan = [(i.target_name, i.target_dtype, tuple(i.shape)) for i in self.items]
+
+        def produce(target_name):
+            return self.produce(by_target[target_name])
+
+        if self.target_format == "meta":
+            files = writers.write_torch(directory / "consolidated.00.pth", plan, produce, on_tensor)
+        elif self.target_format == "mindformers" and ms_format == "ckpt":
+            files = writers.write_ckpt(directory / "model.ckpt", plan, produce, on_tensor)
+        else:
+            metadata = MS_METADATA if self.target_format == "mindformers" else HF_METADATA
+            files = writers.write_safetensors_dir(directory, plan, produce, writers.parse_size(shard_size),
+                                                  metadata, on_tensor)
+        self.write_config(directory)
+        return files
+
+    def write_config(self, directory: Path) -> None:
+        if self.target_format == "mindformers":
+            self.config.save_pretrained(directory)
+            return
+        to_foreign = self.target_map.config_from_native
+        if to_foreign is None:
+            raise ConfigError("--to", f"the {self.model_type} {self.target_format!r} map cannot write a config "
+                                      f"(no config_from_native)")
+        data = to_foreign(self.config)
+        if self.target_format == "meta":
+            (directory / "params.json").write_text(json.dumps(data, indent=2) + "\n")
+        else:
+            dtypes = {i.target_dtype for i in self.items if i.target_dtype in FLOATS}
+            if len(dtypes) == 1:
+                data["torch_dtype"] = CONFIG_NAMES[dtypes.pop()]
+            (directory / "config.json").write_text(json.dumps(data, indent=2) + "\n")
+
+    def verify(self, directory: Path, files: List[Path]) -> None:
+        """Re-read every written tensor and compare it bit for bit with a fresh conversion of its source."""
+        written = readers.TensorSource([readers.open_file(f) for f in files], directory)
+        expected_names = {item.target_name for item in self.items}
+        if set(written.names()) != expected_names:
+            odd = sorted(set(written.names()) ^ expected_names)
+            raise CheckpointError(f"verify: {directory}: written tensor names differ from the plan: {odd[:5]}")
+        for item in self.items:
+            got = written.read(item.target_name)
+            want = self.produce(item)
+            if got.shape != want.shape or got.dtype != want.dtype or \
+                    not np.array_equal(got.view(np.uint8), want.view(np.uint8)):
+                raise CheckpointError(f"verify: {written.where(item.target_name)}: tensor {item.target_name!r} "
+                                      f"differs from its source {item.source_name!r}")
+
+
+class _Dims:
+    """The few config values Meta's shard rules need, read from params.json before merging."""
+
+    def __init__(self, params: dict):
+        self.hidden_size = params.get("dim")
+
+
+def convert(src, dst, source_format: Optional[str] = None, target_format: str = "mindformers",
+            model_type: Optional[str] = None, dtype: Optional[str] = None, shard_size="5GB", verify: bool = False,
+            config=None, ms_format: str = "safetensors", overwrite: bool = False, progress: bool = False,
+            copy_tokenizer: bool = True) -> ConvertResult:
+    """Convert the checkpoint at `src` into directory `dst` (written atomically: complete or not at all)."""
+    start = time.perf_counter()
+    src, dst = Path(src), Path(dst)
+    if dst.resolve() == detect.weight_directory(src).resolve():
+        raise ConfigError("DST", f"{dst} is the source directory; write the conversion somewhere else")
+    conversion = Conversion(src, source_format, target_format, model_type, dtype, config)
+    bar = _progress(conversion.total_bytes, f"{conversion.source_format} -> {target_format}", progress)
+    on_tensor = (lambda name, n: bar.update(n)) if bar is not None else None
+    tokenizer = detect.tokenizer_files(src)
+    try:
+        with atomic_directory(dst, overwrite=overwrite) as tmp:
+            files = conversion.write(tmp, shard_size, ms_format, on_tensor)
+            for name, path in tokenizer.items():
+                if copy_tokenizer:
+                    shutil.copyfile(path, tmp / name)
+            if verify:
+                conversion.verify(tmp, files)
+    finally:
+        if bar is not None:
+            bar.close()
+    return ConvertResult(dst, conversion.source_format, target_format, conversion.model_type,
+                         len(conversion.items), conversion.total_bytes, time.perf_counter() - start,
+                         [f.name for f in files], sorted(tokenizer) if copy_tokenizer else [], verify)
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc)
