@@ -1,0 +1,329 @@
+"""Text generation for every causal LM of mfcore: greedy, sampling, repetition penalty, EOS, streaming.
+
+The model side is a small protocol (see PreTrainedModel): `kv_cache_shapes`, `forward_with_cache` and
+`prepare_inputs_for_generation`. The loop here is model-agnostic and keeps the token logic in numpy
+(pure functions below, each matching the transformers logits processor of the same name).
+
+Speed on MindSpore: `forward_with_cache` runs under `mindspore.jit` by default. The KV cache has a
+static shape (batch, kv heads, cache length, head dim), written at the current slot, with an additive
+mask; prompt and cache lengths are rounded up to buckets, so one generate call compiles at most two
+graphs (prompt, then one-token step) and later calls of the same bucket compile nothing. Cache
+tensors travel as separate arguments (a tuple argument would recompile every step).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+
+GENERATION_CONFIG_NAME = "generation_config.json"
+NEG_INF = -np.inf
+
+
+@dataclass
+class GenerationConfig:
+    """Generation settings; the field names and defaults are transformers' (so its files load as is)."""
+
+    max_new_tokens: Optional[int] = 20
+    max_length: Optional[int] = None  # prompt + new tokens; used only when max_new_tokens is None
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: Optional[int] = 50
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    eos_token_id: Optional[Union[int, List[int]]] = None
+    pad_token_id: Optional[int] = None
+    bos_token_id: Optional[int] = None
+    seed: Optional[int] = None
+    use_cache: bool = True
+    # keys of a loaded file that we do not use, kept so that saving does not drop them
+    extra: Dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        from .errors import ConfigError
+
+        if self.max_new_tokens is not None and (not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 0):
+            raise ConfigError("max_new_tokens", f"must be a non-negative integer, got {self.max_new_tokens!r}")
+        if self.temperature is None or self.temperature <= 0:
+            raise ConfigError("temperature", f"must be > 0, got {self.temperature!r} (use do_sample=False for greedy)")
+        if self.top_k is not None and (not isinstance(self.top_k, int) or self.top_k < 0):
+            raise ConfigError("top_k", f"must be a non-negative integer or None, got {self.top_k!r}")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError("top_p", f"must be in (0, 1], got {self.top_p!r}")
+        if self.repetition_penalty is None or self.repetition_penalty <= 0:
+            raise ConfigError("repetition_penalty", f"must be > 0, got {self.repetition_penalty!r}")
+
+    @classmethod
+    def field_names(cls):
+        return [f.name for f in fields(cls) if f.name != "extra"]
+
+    def update(self, **kwargs) -> "GenerationConfig":
+        """A copy with some fields changed; an unknown name is an error (a typo must not pass silently)."""
+        unknown = [k for k in kwargs if k not in self.field_names()]
+        if unknown:
+            raise TypeError(f"generate: unknown argument(s) {', '.join(unknown)}; "
+                            f"known: {', '.join(self.field_names())}")
+        new = copy.deepcopy(self)
+        for key, value in kwargs.items():
+            setattr(new, key, value)
+        new.validate()
+        return new
+
+    @classmethod
+    def from_model_config(cls, config) -> "GenerationConfig":
+        return cls(eos_token_id=getattr(config, "eos_token_id", None),
+                   pad_token_id=getattr(config, "pad_token_id", None),
+                   bos_token_id=getattr(config, "bos_token_id", None))
+
+    def to_dict(self) -> Dict[str, Any]:
+        data = dict(self.extra)
+        data.update({name: copy.deepcopy(getattr(self, name)) for name in self.field_names()})
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "GenerationConfig":
+        known = {k: v for k, v in data.items() if k in cls.field_names()}
+        extra = {k: v for k, v in data.items() if k not in known}
+        return cls(**known, extra=extra)
+
+    def save_pretrained(self, directory: Union[str, os.PathLike]) -> Path:
+        from .atomic import atomic_write_text
+
+        path = Path(directory) / GENERATION_CONFIG_NAME
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        return path
+
+    @classmethod
+    def from_pretrained(cls, directory: Union[str, os.PathLike]) -> "GenerationConfig":
+        from .errors import ConfigError
+
+        path = Path(directory)
+        path = path / GENERATION_CONFIG_NAME if path.is_dir() else path
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(str(path), f"cannot be read: {exc}") from exc
+        return cls.from_dict(data)
+
+
+# -- pure functions on logits (numpy, float32, shape (batch, vocab)) -------------------------------
+
+def apply_repetition_penalty(scores: np.ndarray, sequences: np.ndarray, penalty: float) -> np.ndarray:
+    """CTRL's penalty as transformers applies it: every token seen in the row (prompt included)
+    gets its score divided by `penalty` when positive, multiplied when negative."""
+    if penalty == 1.0:
+        return scores
+    scores = scores.copy()
+    rows = np.arange(scores.shape[0])[:, None]
+    seen = scores[rows, sequences]
+    scores[rows, sequences] = np.where(seen < 0, seen * penalty, seen / penalty)
+    return scores
+
+
+def apply_temperature(scores: np.ndarray, temperature: float) -> np.ndarray:
+    return scores if temperature == 1.0 else scores / np.float32(temperature)
+
+
+def apply_top_k(scores: np.ndarray, top_k: Optional[int]) -> np.ndarray:
+    """Keep the k best scores per row (ties with the k-th kept too), -inf elsewhere."""
+    if not top_k or top_k >= scores.shape[-1]:
+        return scores
+    kth = np.partition(scores, -top_k, axis=-1)[:, -top_k][:, None]
+    return np.where(scores < kth, NEG_INF, scores).astype(scores.dtype)
+
+
+def apply_top_p(scores: np.ndarray, top_p: float) -> np.ndarray:
+    """Nucleus filtering: keep the smallest set of best tokens whose probability reaches top_p."""
+    if top_p >= 1.0:
+        return scores
+    order = np.argsort(scores, axis=-1, kind="stable")  # ascending, as transformers sorts
+    sorted_scores = np.take_along_axis(scores, order, axis=-1)
+    cumulative = np.cumsum(softmax(sorted_scores), axis=-1)
+    remove_sorted = cumulative <= 1 - top_p
+    remove_sorted[:, -1] = False  # always keep the best token
+    remove = np.zeros_like(remove_sorted)
+    np.put_along_axis(remove, order, remove_sorted, axis=-1)
+    return np.where(remove, NEG_INF, scores).astype(scores.dtype)
+
+
+def softmax(scores: np.ndarray) -> np.ndarray:
+    shifted = scores - np.max(scores, axis=-1, keepdims=True)
+    exp = np.exp(shifted.astype(np.float64))
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def sample(scores: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One token per row drawn from softmax(scores)."""
+    probs = softmax(scores)
+    cumulative = np.cumsum(probs, axis=-1)
+    draws = rng.random(scores.shape[0])[:, None] * cumulative[:, -1:]
+    return np.minimum((cumulative <= draws).sum(axis=-1), scores.shape[-1] - 1)
+
+
+def next_tokens(scores: np.ndarray, sequences: np.ndarray, config: GenerationConfig,
+                rng: Optional[np.random.Generator]) -> np.ndarray:
+    """The next token of every row: processors (repetition penalty), then warpers and sampling, or argmax."""
+    scores = apply_repetition_penalty(scores, sequences, config.repetition_penalty)
+    if not config.do_sample:
+        return np.argmax(scores, axis=-1)
+    scores = apply_temperature(scores, config.temperature)
+    scores = apply_top_k(scores, config.top_k)
+    scores = apply_top_p(scores, config.top_p)
+    return sample(scores, rng)
+
+
+# -- prompts, buckets -------------------------------------------------------------------------------
+
+def bucket_length(n: int, minimum: int = 16) -> int:
+    """Round a length up so that few distinct shapes compile: powers of two up to 512, then steps of 512."""
+    if n <= minimum:
+        return minimum
+    if n <= 512:
+        return 1 << (n - 1).bit_length()
+    return -(-n // 512) * 512
+
+
+def left_pad(rows: Sequence[Sequence[int]], pad_token_id: int):
+    """Ragged prompts -> (ids, attention_mask) left-padded to the longest."""
+    width = max(len(r) for r in rows)
+    ids = np.full((len(rows), width), pad_token_id, dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    for i, row in enumerate(rows):
+        if len(row):
+            ids[i, width - len(row):] = row
+            mask[i, width - len(row):] = 1
+    return ids, mask
+
+
+def _as_ids(input_ids) -> Union[np.ndarray, List[List[int]]]:
+    if hasattr(input_ids, "asnumpy"):
+        input_ids = input_ids.asnumpy()
+    elif hasattr(input_ids, "numpy") and not isinstance(input_ids, np.ndarray):
+        input_ids = input_ids.numpy()
+    if isinstance(input_ids, (list, tuple)):
+        if input_ids and isinstance(input_ids[0], (list, tuple, np.ndarray)):
+            lengths = {len(r) for r in input_ids}
+            if len(lengths) > 1:
+                return [list(map(int, r)) for r in input_ids]
+        input_ids = np.asarray(input_ids)
+    ids = np.asarray(input_ids)
+    if ids.ndim == 1:
+        ids = ids[None]
+    if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(f"input_ids must be integer token ids of shape (batch, length), got {ids.dtype} {ids.shape}")
+    return ids.astype(np.int64)
+
+
+def _eos_list(eos) -> List[int]:
+    if eos is None:
+        return []
+    return [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])]
+
+
+def _check_left_padded(mask: np.ndarray) -> None:
+    if (mask.sum(axis=1) == 0).any():
+        raise ValueError("a prompt row has no real token (attention_mask all 0)")
+    if (np.diff(mask, axis=1) < 0).any():
+        raise ValueError("prompts must be left-padded (attention_mask 0...0 1...1 per row); this one has padding "
+                         "on the right. Re-tokenize with padding_side='left'")
+
+
+# -- the loop ---------------------------------------------------------------------------------------
+
+def _step_function(model, use_jit: bool) -> Callable:
+    """The model's cache step, compiled once per model and reused by later generate calls."""
+    steps = model.__dict__.setdefault("_mfcore_generation_steps", {})
+    if use_jit not in steps:
+        def step(input_ids, position_ids, attention_bias, cache_slot, *caches):
+            return model.forward_with_cache(input_ids, position_ids, attention_bias, cache_slot, *caches)
+
+        if use_jit:
+            import mindspore
+
+            step = mindspore.jit(step)
+        steps[use_jit] = step
+    return steps[use_jit]
+
+
+def generate(model, input_ids, generation_config: Optional[GenerationConfig] = None, attention_mask=None,
+             streamer=None, use_jit: bool = True, **kwargs) -> np.ndarray:
+    """Prompt + new tokens as a numpy int64 array (batch, length), as transformers' generate returns.
+
+    input_ids: (B, P) array / Tensor, or a list of token lists of different lengths (left-padded here).
+    attention_mask: (B, P), 1 for real tokens; left padding only. Rows that produced EOS continue with
+    pad_token_id; generation stops when every row has finished or after max_new_tokens.
+    streamer: an object with put(ids) / end() (transformers' TextStreamer works) or a callable that
+    receives each step's new tokens (B,). use_jit=False runs the step op by op (PyNative).
+    """
+    import mindspore
+    from mindspore import Tensor
+
+    config = (generation_config or model.generation_config).update(**kwargs)
+    eos = _eos_list(config.eos_token_id)
+    pad = config.pad_token_id if config.pad_token_id is not None else (eos[0] if eos else 0)
+    ids = _as_ids(input_ids)
+    if isinstance(ids, list):
+        if attention_mask is not None:
+            raise ValueError("give either ragged token lists or input_ids + attention_mask, not both")
+        ids, mask = left_pad(ids, pad)
+    elif attention_mask is not None:
+        mask = _as_ids(attention_mask)
+        if mask.shape != ids.shape:
+            raise ValueError(f"attention_mask shape {mask.shape} differs from input_ids shape {ids.shape}")
+    elif config.pad_token_id is not None and config.pad_token_id not in eos and (ids == config.pad_token_id).any():
+        mask = (ids != config.pad_token_id).astype(np.int64)  # transformers infers the mask the same way
+    else:
+        mask = np.ones_like(ids)
+    _check_left_padded(mask)
+    batch, prompt_length = ids.shape
+    max_new = config.max_new_tokens
+    if max_new is None:
+        max_new = max(0, (config.max_length or prompt_length + 20) - prompt_length)
+    out = ids.copy()
+    if streamer is not None and hasattr(streamer, "put"):
+        streamer.put(ids)
+    if max_new == 0:
+        if streamer is not None and hasattr(streamer, "end"):
+            streamer.end()
+        return out
+
+    # Left-pad the prompt to its bucket: extra columns are masked, so results do not change.
+    padded_length = bucket_length(prompt_length)
+    cache_length = bucket_length(padded_length + max_new, minimum=32)
+    extra = padded_length - prompt_length
+    run_ids = np.concatenate([np.full((batch, extra), pad, dtype=np.int64), ids], axis=1)
+    run_mask = np.concatenate([np.zeros((batch, extra), dtype=np.int64), mask], axis=1)
+
+    step = _step_function(model, use_jit)
+    caches = [mindspore.ops.zeros(shape, dtype) for shape, dtype in model.kv_cache_shapes(batch, cache_length)]
+    rng = np.random.default_rng(config.seed)
+    unfinished = np.ones(batch, dtype=bool)
+    tokens, past = run_ids, 0
+    for index in range(max_new):
+        inputs = model.prepare_inputs_for_generation(tokens, run_mask, cache_length, past)
+        logits, *caches = step(Tensor(inputs["input_ids"]), Tensor(inputs["position_ids"]),
+                               Tensor(inputs["attention_bias"]), Tensor(inputs["cache_slot"]), *caches)
+        past += tokens.shape[1]
+        scores = logits.asnumpy().astype(np.float32)
+        new = next_tokens(scores, out, config, rng)
+        new = np.where(unfinished, new, pad).astype(np.int64)
+        out = np.concatenate([out, new[:, None]], axis=1)
+        if streamer is not None:
+            streamer.put(new) if hasattr(streamer, "put") else streamer(new)
+        if eos:
+            unfinished &= ~np.isin(new, eos)
+        if not unfinished.any():
+            break
+        tokens = new[:, None]
+        run_mask = np.concatenate([run_mask, np.ones((batch, 1), dtype=np.int64)], axis=1)
+    if streamer is not None and hasattr(streamer, "end"):
+        streamer.end()
+    return out

@@ -1,0 +1,334 @@
+"""The Llama network (Llama 2, 3 and 3.1) on MindSpore, whole, in one file.
+
+Token embedding -> N x [RMSNorm -> grouped-query attention with rotary embeddings -> residual ->
+RMSNorm -> SwiGLU MLP -> residual] -> RMSNorm -> output head (tied to the embedding or not).
+
+Parameter names are MindFormers' Llama names (model.tok_embeddings.embedding_weight,
+model.layers.N.attention.wq.weight, ...), so MindFormers checkpoints load as they are. Rotary embeddings
+use the rotate-half layout of Hugging Face checkpoints (their q/k need no permutation).
+
+Two entry points share the layers:
+- `construct(input_ids, labels=None, ...)`: the whole sequence at once; logits, or the loss with labels.
+- `forward_with_cache(...)`: generation; keys/values live in fixed-size cache tensors (one per layer
+  for k and for v, shape (batch, kv_heads, cache_length, head_dim)) so that one compiled graph serves
+  every decode step. See mfcore.generation.
+Norms, softmax and rotary run in float32 whatever the compute dtype (as the config's *_compute_type).
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Tuple
+
+import numpy as np
+import mindspore
+from mindspore import Parameter, Tensor, mint, nn, ops
+from mindspore.common.initializer import Normal, One, Zero, initializer
+
+from mfcore.modeling import MS_DTYPES, PreTrainedModel
+
+from .configuration_llama import LlamaConfig
+
+MASK_VALUE = -1e9  # additive attention bias of a masked position (finite: a fully masked row gives no NaN)
+IGNORE_INDEX = -100
+
+
+# -- pure math: rotary frequencies ----------------------------------------------------------------
+
+def rope_inv_freq(head_dim: int, theta: float, rope_scaling: Optional[dict] = None) -> np.ndarray:
+    """Inverse frequencies of rotary embeddings (float32, head_dim // 2), with Llama 3.1's scaling.
+
+    Llama 3.1 ("llama3" rope type) divides low frequencies by `factor`, keeps high ones, and blends
+    linearly in between, by wavelength relative to the original context length.
+    """
+    exponents = np.arange(0, head_dim, 2, dtype=np.int64).astype(np.float32) / np.float32(head_dim)
+    inv_freq = (np.float32(1.0) / (np.float32(theta) ** exponents)).astype(np.float32)
+    if not rope_scaling:
+        return inv_freq
+    factor = np.float32(rope_scaling["factor"])
+    low, high = np.float32(rope_scaling["low_freq_factor"]), np.float32(rope_scaling["high_freq_factor"])
+    old_context = np.float32(rope_scaling["original_max_position_embeddings"])
+    low_freq_wavelen, high_freq_wavelen = old_context / low, old_context / high
+    wavelen = np.float32(2 * math.pi) / inv_freq
+    scaled = np.where(wavelen > low_freq_wavelen, inv_freq / factor, inv_freq)
+    smooth = (old_context / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = ~(wavelen < high_freq_wavelen) & ~(wavelen > low_freq_wavelen)
+    return np.where(medium, smoothed, scaled).astype(np.float32)
+
+
+def rotate_half(x):
+    half = x.shape[-1] // 2
+    return mint.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+# -- layers ---------------------------------------------------------------------------------------
+
+class LlamaLinear(nn.Cell):
+    """y = x W^T (+ b). Weights are stored in the param dtype and used in the compute dtype."""
+
+    def __init__(self, in_features, out_features, has_bias=False, param_dtype=mindspore.float32,
+                 compute_dtype=mindspore.float32, init_std=0.02, init_weights=True):
+        super().__init__()
+        weight_init = Normal(init_std) if init_weights else Zero()
+        self.weight = Parameter(initializer(weight_init, (out_features, in_features), param_dtype), name="weight")
+        self.bias = Parameter(initializer(Zero(), (out_features,), param_dtype), name="bias") if has_bias else None
+        self.compute_dtype = compute_dtype
+        self.cast_weight = param_dtype != compute_dtype  # only bf16-on-CPU or mixed setups pay for a cast
+
+    def construct(self, x):
+        weight = ops.cast(self.weight, self.compute_dtype) if self.cast_weight else self.weight
+        bias = None
+        if self.bias is not None:
+            bias = ops.cast(self.bias, self.compute_dtype) if self.cast_weight else self.bias
+        return mint.nn.functional.linear(x, weight, bias)
+
+
+class LlamaEmbedding(nn.Cell):
+    def __init__(self, vocab_size, hidden_size, param_dtype, init_std=0.02, init_weights=True):
+        super().__init__()
+        weight_init = Normal(init_std) if init_weights else Zero()
+        self.embedding_weight = Parameter(initializer(weight_init, (vocab_size, hidden_size), param_dtype),
+                                          name="embedding_weight")
+
+    def construct(self, input_ids):
+        return ops.gather(self.embedding_weight, input_ids, 0)  # mint's embedding has no CPU kernel
+
+
+class LlamaRMSNorm(nn.Cell):
+    """x / sqrt(mean(x^2) + eps) * weight, computed in float32 (as Hugging Face and MindFormers do)."""
+
+    def __init__(self, hidden_size, eps, param_dtype):
+        super().__init__()
+        self.weight = Parameter(initializer(One(), (hidden_size,), param_dtype), name="weight")
+        self.eps = eps
+
+    def construct(self, x):
+        dtype = x.dtype
+        x32 = ops.cast(x, mindspore.float32)
+        variance = mint.mean(x32 * x32, -1, keepdim=True)
+        normed = ops.cast(x32 * mint.rsqrt(variance + self.eps), dtype)
+        return ops.cast(self.weight, dtype) * normed
+
+
+class LlamaAttention(nn.Cell):
+    """Grouped-query attention: `n_kv_heads` key/value heads, each shared by num_heads / n_kv_heads queries."""
+
+    def __init__(self, config: LlamaConfig, param_dtype, compute_dtype, init_weights=True):
+        super().__init__()
+        self.num_heads = config.num_heads
+        self.n_kv_heads = config.n_kv_heads
+        self.n_rep = config.num_heads // config.n_kv_heads
+        self.head_dim = config.hidden_size // config.num_heads
+        self.scaling = self.head_dim ** -0.5
+        self.compute_dtype = compute_dtype
+        kv_size = self.n_kv_heads * self.head_dim
+        std = config.initializer_range
+        linear = dict(param_dtype=param_dtype, compute_dtype=compute_dtype, init_std=std, init_weights=init_weights)
+        self.wq = LlamaLinear(config.hidden_size, config.hidden_size, config.qkv_has_bias, **linear)
+        self.wk = LlamaLinear(config.hidden_size, kv_size, config.qkv_has_bias, **linear)
+        self.wv = LlamaLinear(config.hidden_size, kv_size, config.qkv_has_bias, **linear)
+        self.wo = LlamaLinear(config.hidden_size, config.hidden_size, False, **linear)
+
+    def project(self, x, cos, sin):
+        """q (B, kv_heads, rep*S, D), k and v (B, kv_heads, S, D), rotary applied to q and k."""
+        batch, length, _ = x.shape
+        q = self.wq(x).reshape(batch, length, self.num_heads, self.head_dim)
+        k = self.wk(x).reshape(batch, length, self.n_kv_heads, self.head_dim)
+        v = self.wv(x).reshape(batch, length, self.n_kv_heads, self.head_dim)
+        q = self.apply_rotary(q, cos, sin)
+        k = self.apply_rotary(k, cos, sin)
+        # Query head h = g * n_rep + r uses kv head g: group query heads instead of copying k and v.
+        q = q.reshape(batch, length, self.n_kv_heads, self.n_rep, self.head_dim).permute(0, 2, 3, 1, 4)
+        q = q.reshape(batch, self.n_kv_heads, self.n_rep * length, self.head_dim)
+        return q, k.permute(0, 2, 1, 3), v.permute(0, 2, 1, 3)
+
+    def apply_rotary(self, x, cos, sin):
+        dtype = x.dtype
+        x32 = ops.cast(x, mindspore.float32)
+        return ops.cast(x32 * cos + rotate_half(x32) * sin, dtype)
+
+    def attend(self, q, k, v, bias, length):
+        """softmax(q k^T * scale + bias) v over the keys given; bias (B or 1, 1, S, T) is 0 or MASK_VALUE."""
+        batch = q.shape[0]
+        keys = k.shape[2]
+        scores = mint.matmul(q, k.transpose(0, 1, 3, 2)) * self.scaling
+        scores = ops.cast(scores, mindspore.float32).reshape(batch, self.n_kv_heads, self.n_rep, length, keys)
+        probs = mint.softmax(scores + bias.expand_dims(1), dim=-1)
+        probs = ops.cast(probs, self.compute_dtype).reshape(batch, self.n_kv_heads, self.n_rep * length, keys)
+        out = mint.matmul(probs, v).reshape(batch, self.n_kv_heads, self.n_rep, length, self.head_dim)
+        out = out.permute(0, 3, 1, 2, 4).reshape(batch, length, self.num_heads * self.head_dim)
+        return self.wo(out)
+
+    def construct(self, x, cos, sin, bias):
+        q, k, v = self.project(x, cos, sin)
+        return self.attend(q, k, v, bias, x.shape[1])
+
+    def forward_with_cache(self, x, cos, sin, bias, cache_slot, k_cache, v_cache):
+        """Prompt (S > 1): attend within the prompt and store it in slots 0..S-1. One token (S == 1):
+        write it at `cache_slot` and attend over the whole cache (the bias hides empty slots)."""
+        length = x.shape[1]
+        q, k, v = self.project(x, cos, sin)
+        if length > 1:
+            out = self.attend(q, k, v, bias, length)
+            k_cache = mint.cat((k, k_cache[:, :, length:]), dim=2)
+            v_cache = mint.cat((v, v_cache[:, :, length:]), dim=2)
+            return out, k_cache, v_cache
+        k_cache = mint.where(cache_slot, k, k_cache)
+        v_cache = mint.where(cache_slot, v, v_cache)
+        return self.attend(q, k_cache, v_cache, bias, length), k_cache, v_cache
+
+
+class LlamaFeedForward(nn.Cell):
+    """SwiGLU: w2(silu(w1 x) * w3 x)."""
+
+    def __init__(self, config: LlamaConfig, param_dtype, compute_dtype, init_weights=True):
+        super().__init__()
+        linear = dict(param_dtype=param_dtype, compute_dtype=compute_dtype, init_std=config.initializer_range,
+                      init_weights=init_weights)
+        self.w1 = LlamaLinear(config.hidden_size, config.intermediate_size, **linear)
+        self.w2 = LlamaLinear(config.intermediate_size, config.hidden_size, **linear)
+        self.w3 = LlamaLinear(config.hidden_size, config.intermediate_size, **linear)
+
+    def construct(self, x):
+        return self.w2(mint.nn.functional.silu(self.w1(x)) * self.w3(x))
+
+
+class LlamaDecodeLayer(nn.Cell):
+    def __init__(self, config: LlamaConfig, param_dtype, compute_dtype, init_weights=True):
+        super().__init__()
+        self.attention_norm = LlamaRMSNorm(config.hidden_size, config.rms_norm_eps, param_dtype)
+        self.attention = LlamaAttention(config, param_dtype, compute_dtype, init_weights)
+        self.ffn_norm = LlamaRMSNorm(config.hidden_size, config.rms_norm_eps, param_dtype)
+        self.feed_forward = LlamaFeedForward(config, param_dtype, compute_dtype, init_weights)
+
+    def construct(self, x, cos, sin, bias):
+        x = x + self.attention(self.attention_norm(x), cos, sin, bias)
+        return x + self.feed_forward(self.ffn_norm(x))
+
+    def forward_with_cache(self, x, cos, sin, bias, cache_slot, k_cache, v_cache):
+        attn, k_cache, v_cache = self.attention.forward_with_cache(self.attention_norm(x), cos, sin, bias,
+                                                                   cache_slot, k_cache, v_cache)
+        x = x + attn
+        return x + self.feed_forward(self.ffn_norm(x)), k_cache, v_cache
+
+
+class LlamaModel(nn.Cell):
+    """Embedding, decoder layers and the final norm (MindFormers' LlamaModel, attribute `model`)."""
+
+    def __init__(self, config: LlamaConfig, param_dtype, compute_dtype, init_weights=True):
+        super().__init__()
+        self.compute_dtype = compute_dtype
+        self.tok_embeddings = LlamaEmbedding(config.vocab_size, config.hidden_size, param_dtype,
+                                             config.initializer_range, init_weights)
+        self.layers = nn.CellList([LlamaDecodeLayer(config, param_dtype, compute_dtype, init_weights)
+                                   for _ in range(config.num_layers)])
+        self.norm_out = LlamaRMSNorm(config.hidden_size, config.rms_norm_eps, param_dtype)
+        head_dim = config.hidden_size // config.num_heads
+        self.inv_freq = Tensor(rope_inv_freq(head_dim, config.theta, config.rope_scaling))
+
+    def rotary(self, position_ids):
+        """cos and sin (B, S, 1, head_dim) in float32 for integer positions (B, S)."""
+        freqs = ops.cast(position_ids, mindspore.float32).expand_dims(-1) * self.inv_freq
+        emb = mint.cat((freqs, freqs), dim=-1).expand_dims(2)
+        return ops.cos(emb), ops.sin(emb)
+
+    def embed(self, input_ids, input_embeds=None):
+        hidden = self.tok_embeddings(input_ids) if input_embeds is None else input_embeds
+        return ops.cast(hidden, self.compute_dtype)
+
+
+class LlamaForCausalLM(PreTrainedModel):
+    """Llama causal LM (MindFormers' LlamaForCausalLM inputs; Hugging Face's numbers)."""
+
+    config_class = LlamaConfig
+
+    def __init__(self, config: LlamaConfig, init_weights: bool = True):
+        super().__init__(config)
+        param_dtype = MS_DTYPES[config.param_init_type]
+        compute_dtype = MS_DTYPES[config.compute_dtype]
+        self.vocab_size = config.vocab_size
+        self.n_kv_heads = config.n_kv_heads
+        self.head_dim = config.hidden_size // config.num_heads
+        self.num_layers = config.num_layers
+        self.kv_dtype = compute_dtype
+        self.tie_word_embeddings = bool(config.tie_word_embeddings)
+        self.model = LlamaModel(config, param_dtype, compute_dtype, init_weights)
+        if self.tie_word_embeddings:
+            self.lm_head = None
+            self.ignored_checkpoint_names = ("lm_head.weight",)  # Hugging Face may save the tied copy
+        else:
+            self.lm_head = LlamaLinear(config.hidden_size, config.vocab_size, False, param_dtype, compute_dtype,
+                                       config.initializer_range, init_weights)
+        self.compute_type = compute_dtype
+
+    def logits(self, hidden):
+        """Final norm and output head, logits in float32."""
+        hidden = self.model.norm_out(hidden)
+        if self.lm_head is None:
+            weight = ops.cast(self.model.tok_embeddings.embedding_weight, self.compute_type)
+            logits = mint.nn.functional.linear(hidden, weight)
+        else:
+            logits = self.lm_head(hidden)
+        return ops.cast(logits, mindspore.float32)
+
+    def construct(self, input_ids, labels=None, input_position=None, position_ids=None, attention_mask=None,
+                  input_embeds=None, init_reset=None, batch_valid_length=None, batch_index=None,
+                  zactivate_len=None, block_tables=None, slot_mapping=None, prefix_keys_values=None,
+                  llm_boost_inputs=None, q_seq_lens=None, loss_mask=None, gather_index=None, seq_range=None,
+                  actual_seq_len=None):
+        """Logits (B, S, vocab) float32; with `labels` (or `loss_mask`) the mean next-token loss.
+
+        labels have the shape of input_ids and are shifted inside (position t predicts t+1), tokens
+        labelled -100 are ignored; `loss_mask` (same shape, 1 = count) weights the tokens further, and
+        alone it means labels = input_ids. `attention_mask` (B, S), 1 for real tokens, hides padding.
+        The inputs MindFormers uses for its paged-attention inference (init_reset, block_tables, ...)
+        are accepted for compatibility and not used: generation goes through forward_with_cache.
+        """
+        hidden = self.model.embed(input_ids, input_embeds)
+        batch, length = hidden.shape[0], hidden.shape[1]
+        if position_ids is None:
+            position_ids = ops.arange(0, length, dtype=mindspore.int32).expand_dims(0)
+        cos, sin = self.model.rotary(position_ids)
+        index = ops.arange(0, length, dtype=mindspore.int32)
+        allowed = index.expand_dims(0) <= index.expand_dims(1)  # (S, S) causal
+        allowed = allowed.expand_dims(0)
+        if attention_mask is not None:
+            allowed = mint.logical_and(allowed, (attention_mask != 0).expand_dims(1))
+        bias = ops.cast(mint.logical_not(allowed), mindspore.float32) * MASK_VALUE
+        bias = bias.expand_dims(1)
+        for layer in self.model.layers:
+            hidden = layer(hidden, cos, sin, bias)
+        logits = self.logits(hidden)
+        if labels is None and loss_mask is None:
+            return logits
+        if labels is None:
+            labels = input_ids
+        return self.loss(logits, labels, loss_mask)
+
+    def loss(self, logits, labels, loss_mask=None):
+        """Mean cross entropy of logits[:, t] against labels[:, t + 1] over counted tokens."""
+        logits = logits[:, :-1]
+        labels = ops.cast(labels[:, 1:], mindspore.int32)
+        weight = ops.cast(labels != IGNORE_INDEX, mindspore.float32)
+        if loss_mask is not None:
+            weight = weight * ops.cast(loss_mask[:, 1:], mindspore.float32)
+        safe_labels = labels * ops.cast(labels != IGNORE_INDEX, mindspore.int32)
+        log_probs = ops.log_softmax(logits, -1)
+        picked = mint.gather(log_probs, -1, safe_labels.expand_dims(-1)).squeeze(-1)
+        return -(picked * weight).sum() / mint.clamp(weight.sum(), min=1.0)
+
+    # -- generation protocol (mfcore.generation) ---------------------------------------------------
+    def kv_cache_shapes(self, batch_size: int, cache_length: int):
+        shape = (batch_size, self.n_kv_heads, cache_length, self.head_dim)
+        return [(shape, self.kv_dtype)] * (2 * self.num_layers)
+
+    def forward_with_cache(self, input_ids, position_ids, attention_bias, cache_slot, *caches):
+        hidden = self.model.embed(input_ids)
+        cos, sin = self.model.rotary(position_ids)
+        new_caches = ()
+        for i, layer in enumerate(self.model.layers):
+            hidden, k_cache, v_cache = layer.forward_with_cache(hidden, cos, sin, attention_bias, cache_slot,
+                                                                caches[2 * i], caches[2 * i + 1])
+            new_caches = new_caches + (k_cache, v_cache)
+        logits = self.logits(hidden[:, -1])
+        return (logits,) + new_caches
