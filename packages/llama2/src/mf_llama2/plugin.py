@@ -18,6 +18,12 @@ def register_models(register):
 
 
 @hookimpl
+def register_tokenizers(register):
+    register("LlamaTokenizer", "mf_llama2.tokenization_llama:LlamaTokenizer")
+    register("LlamaTokenizerFast", "mf_llama2.tokenization_llama_fast:LlamaTokenizerFast")
+
+
+@hookimpl
 def register_presets(register):
     for preset in PRESETS:
         register(preset)

@@ -5,6 +5,12 @@ from .presets import PRESETS
 
 
 @hookimpl
+def register_tokenizers(register):
+    register("Llama3Tokenizer", "mf_llama3.tokenization_llama3:Llama3Tokenizer")
+    register("Llama3TokenizerFast", "mf_llama3.tokenization_llama3_fast:Llama3TokenizerFast")
+
+
+@hookimpl
 def register_presets(register):
     for preset in PRESETS:
         register(preset)
