@@ -1,0 +1,80 @@
+"""AdamW (decoupled weight decay, bias-corrected, as torch.optim.AdamW) and gradient helpers.
+
+Written with plain MindSpore ops so that the whole training step (forward, backward, clipping,
+update) traces into one `mindspore.jit` graph. The state (moments, step) are Parameters: they are
+saved in checkpoints and restored bit for bit on resume.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import mindspore as ms
+from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
+
+
+def decays(param: Parameter) -> bool:
+    """Weight decay on matrices only: norms and biases (1-D) are excluded (MindFormers' and HF's rule)."""
+    return len(param.shape) >= 2
+
+
+class AdamW(nn.Cell):
+    """torch.optim.AdamW's update: p -= lr*wd*p; m,v EMA; p -= lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps)."""
+
+    def __init__(self, params: Sequence[Parameter], beta1: float = 0.9, beta2: float = 0.999,
+                 eps: float = 1e-8, weight_decay: float = 0.0):
+        super().__init__(auto_prefix=False)
+        self.params = ParameterTuple(params)
+        self.exp_avg = self.params.clone(prefix="adam_m", init="zeros")
+        self.exp_avg_sq = self.params.clone(prefix="adam_v", init="zeros")
+        self.step = Parameter(Tensor(0, ms.int32), name="adam_step", requires_grad=False)
+        self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
+        self.weight_decays = tuple(float(weight_decay) if decays(p) else 0.0 for p in self.params)
+
+    def construct(self, grads, lr, apply=None):
+        """One update with learning rate `lr` (scalar tensor). `apply` (bool scalar tensor or None):
+        when False the state is left unchanged (a skipped fp16 step)."""
+        step = self.step + 1
+        t = step.astype(ms.float32)
+        bias1 = 1.0 - ops.pow(self.beta1, t)
+        bias2_sqrt = ops.sqrt(1.0 - ops.pow(self.beta2, t))
+        step_size = lr / bias1
+        for i in range(len(self.params)):
+            param, m, v = self.params[i], self.exp_avg[i], self.exp_avg_sq[i]
+            grad = grads[i].astype(ms.float32)
+            value = param.astype(ms.float32)
+            if self.weight_decays[i] != 0.0:
+                value = value * (1.0 - lr * self.weight_decays[i])
+            m_new = self.beta1 * m + (1.0 - self.beta1) * grad
+            v_new = self.beta2 * v + (1.0 - self.beta2) * grad * grad
+            value = value - step_size * m_new / (ops.sqrt(v_new) / bias2_sqrt + self.eps)
+            value = value.astype(param.dtype)
+            if apply is not None:
+                m_new = ops.select(apply, m_new, m)
+                v_new = ops.select(apply, v_new, v)
+                value = ops.select(apply, value, param)
+            ops.assign(m, m_new)
+            ops.assign(v, v_new)
+            ops.assign(param, value)
+        if apply is not None:
+            step = ops.select(apply, step, self.step)
+        ops.assign(self.step, step)
+        return step
+
+
+def global_norm(grads) -> Tensor:
+    return ops.sqrt(sum(ops.sum(g.astype(ms.float32) * g.astype(ms.float32)) for g in grads))
+
+
+def clip_by_global_norm(grads, max_norm: float):
+    """torch.nn.utils.clip_grad_norm_: scale by max_norm / (norm + 1e-6) when that is below 1."""
+    norm = global_norm(grads)
+    coef = ops.minimum(max_norm / (norm + 1e-6), 1.0)
+    return tuple(g * coef.astype(g.dtype) for g in grads), norm
+
+
+def all_finite(grads) -> Tensor:
+    flags = [ops.all(ops.isfinite(g)) for g in grads]
+    out = flags[0]
+    for flag in flags[1:]:
+        out = ops.logical_and(out, flag)
+    return out
