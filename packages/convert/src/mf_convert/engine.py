@@ -22,6 +22,8 @@ from .dtypes import CONFIG_NAMES, FLOATS, ITEMSIZE, cast, parse_dtype
 
 MS_METADATA = {"format": "ms"}   # what mindspore.save_checkpoint(format="safetensors") writes
 HF_METADATA = {"format": "pt"}   # what transformers expects in its safetensors files
+# File names: transformers' for Hugging Face, PreTrainedModel.save_pretrained's for native MindSpore.
+HF_STEM, NATIVE_STEM = "model", "mindspore_model"
 
 
 @dataclass
@@ -190,11 +192,12 @@ class Conversion:
         if self.target_format == "meta":
             files = writers.write_torch(directory / "consolidated.00.pth", plan, produce, on_tensor)
         elif self.target_format == "mindformers" and ms_format == "ckpt":
-            files = writers.write_ckpt(directory / "model.ckpt", plan, produce, on_tensor)
+            files = writers.write_ckpt(directory / f"{NATIVE_STEM}.ckpt", plan, produce, on_tensor)
         else:
-            metadata = MS_METADATA if self.target_format == "mindformers" else HF_METADATA
+            native = self.target_format == "mindformers"
             files = writers.write_safetensors_dir(directory, plan, produce, writers.parse_size(shard_size),
-                                                  metadata, on_tensor)
+                                                  MS_METADATA if native else HF_METADATA, on_tensor,
+                                                  NATIVE_STEM if native else HF_STEM)
         self.write_config(directory)
         return files
 

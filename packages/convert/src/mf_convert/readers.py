@@ -212,16 +212,27 @@ class MetaShards(TensorSource):
 _SHARD_NAME = re.compile(r"(?P<stem>.+)-(?P<i>\d+)-of-(?P<n>\d+)\.(?P<ext>safetensors|bin)")
 
 
+def index_file(directory: Path) -> Optional[Path]:
+    """The shard index of a directory; safetensors first (Hub repositories often hold both kinds)."""
+    indexes = sorted(directory.glob("*.safetensors.index.json")) or sorted(directory.glob("pytorch_model*.bin.index.json"))
+    if len(indexes) > 1:
+        raise CheckpointError(f"{directory}: several index files ({', '.join(i.name for i in indexes)}); "
+                              f"keep the one of the checkpoint to convert")
+    return indexes[0] if indexes else None
+
+
 def weight_files(directory: Path) -> List[Path]:
     """The weight files of a Hugging Face / MindSpore directory, checked for missing shards."""
-    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
-        index = directory / index_name
-        if index.exists():
-            return _files_from_index(index)
+    index = index_file(directory)
+    if index is not None:
+        return _files_from_index(index)
     for pattern in ("*.safetensors", "pytorch_model*.bin", "*.ckpt"):
         files = sorted(directory.glob(pattern))
         if files:
             _check_numbered_shards(files)
+            if pattern == "*.ckpt" and len(files) > 1:
+                raise CheckpointError(f"{directory}: several .ckpt files ({', '.join(f.name for f in files)}); "
+                                      f"pass the one to convert")
             return files
     raise CheckpointError(f"{directory}: no weight files (*.safetensors, pytorch_model*.bin, *.ckpt, "
                           f"consolidated.*.pth)")
@@ -258,14 +269,13 @@ def _check_numbered_shards(files: List[Path]) -> None:
 
 def check_index_contents(directory: Path, source: TensorSource) -> None:
     """Every tensor the index lists must be in the shard it names (a stale or mixed download)."""
-    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
-        index = directory / index_name
-        if index.exists():
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-            for name, file in weight_map.items():
-                if name not in source._owner:
-                    raise CheckpointError(f"{directory / file}: tensor {name!r} listed in {index.name} is not in "
-                                          f"the file; the shard is incomplete or from another download")
+    index = index_file(directory)
+    if index is not None:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        for name, file in weight_map.items():
+            if name not in source._owner or Path(source.where(name)).name != file:
+                raise CheckpointError(f"{directory / file}: tensor {name!r} listed in {index.name} is not in "
+                                      f"the file; the shard is incomplete or from another download")
 
 
 def meta_shard_files(directory: Path) -> List[Path]:

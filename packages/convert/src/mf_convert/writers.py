@@ -55,13 +55,14 @@ def split_into_shards(plan: Sequence[Planned], max_bytes: int) -> List[List[Plan
 
 
 def write_safetensors_dir(directory: Path, plan: Sequence[Planned], produce: Callable, max_shard_bytes: int,
-                          metadata: Dict[str, str], on_tensor: Optional[Callable] = None) -> List[Path]:
-    """model.safetensors, or model-0000i-of-0000n.safetensors + model.safetensors.index.json."""
+                          metadata: Dict[str, str], on_tensor: Optional[Callable] = None,
+                          stem: str = "model") -> List[Path]:
+    """STEM.safetensors, or STEM-0000i-of-0000n.safetensors + STEM.safetensors.index.json."""
     shards = split_into_shards(plan, max_shard_bytes)
     if len(shards) == 1:
-        names = ["model.safetensors"]
+        names = [f"{stem}.safetensors"]
     else:
-        names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+        names = [f"{stem}-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
     files = []
     for name, shard in zip(names, shards):
         write_safetensors(directory / name, shard, produce, metadata, on_tensor)
@@ -69,7 +70,7 @@ def write_safetensors_dir(directory: Path, plan: Sequence[Planned], produce: Cal
     if len(shards) > 1:
         index = {"metadata": {"total_size": sum(nbytes(item) for item in plan)},
                  "weight_map": {item[0]: name for name, shard in zip(names, shards) for item in shard}}
-        (directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+        (directory / f"{stem}.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
     return files
 
 

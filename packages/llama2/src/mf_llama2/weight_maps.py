@@ -164,21 +164,34 @@ def meta_config_to_native(params: Mapping[str, Any], shapes: Mapping[str, Tuple[
     return out
 
 
-def meta_config_from_native(config) -> dict:
-    """LlamaConfig -> Meta params.json (Meta's code derives the FFN width from multiple_of)."""
+def _meta_ffn_params(config) -> Tuple[int, Optional[float]]:
+    """(multiple_of, ffn_dim_multiplier) that make Meta's FFN rule give config.intermediate_size.
+
+    The config's own values come first (a Meta checkpoint round-trips unchanged); a config from
+    Hugging Face only knows the width, so look for values that reproduce it.
+    """
     from .configuration_llama import llama_intermediate_size
 
+    hidden, width = config.hidden_size, config.intermediate_size
+    base = int(2 * (4 * hidden) / 3)
+    for multiplier in (config.ffn_dim_multiplier, None, width / base):
+        for multiple_of in (config.multiple_of, *(2 ** i for i in range(12, -1, -1))):
+            if llama_intermediate_size(hidden, multiple_of, multiplier) == width:
+                return multiple_of, multiplier
+    warnings.warn(f"no multiple_of/ffn_dim_multiplier makes Meta's FFN rule give intermediate_size {width}; "
+                  f"Meta's own code would build a different FFN width (mfcore reads it from the weights)",
+                  UserWarning, stacklevel=3)
+    return config.multiple_of, config.ffn_dim_multiplier
+
+
+def meta_config_from_native(config) -> dict:
+    """LlamaConfig -> Meta params.json (Meta's code derives the FFN width from multiple_of)."""
+    multiple_of, multiplier = _meta_ffn_params(config)
     params = {"dim": config.hidden_size, "n_layers": config.num_layers, "n_heads": config.num_heads,
-              "n_kv_heads": config.n_kv_heads, "vocab_size": config.vocab_size, "multiple_of": config.multiple_of,
-              "ffn_dim_multiplier": config.ffn_dim_multiplier, "norm_eps": config.rms_norm_eps,
-              "rope_theta": config.theta}
+              "n_kv_heads": config.n_kv_heads, "vocab_size": config.vocab_size, "multiple_of": multiple_of,
+              "ffn_dim_multiplier": multiplier, "norm_eps": config.rms_norm_eps, "rope_theta": config.theta}
     if config.rope_scaling:
         params["use_scaled_rope"] = True
-    if llama_intermediate_size(config.hidden_size, config.multiple_of, config.ffn_dim_multiplier) != \
-            config.intermediate_size:
-        warnings.warn(f"intermediate_size {config.intermediate_size} does not follow Meta's multiple_of/"
-                      f"ffn_dim_multiplier rule; Meta's own code would build a different FFN width "
-                      f"(mfcore reads the width from the weights)", UserWarning, stacklevel=2)
     return params
 
 
