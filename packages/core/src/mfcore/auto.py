@@ -102,35 +102,72 @@ class AutoModelForCausalLM:
 
 
 class AutoTokenizer:
-    """`AutoTokenizer.from_pretrained("llama3-8b" | dir, use_fast=True)`."""
+    """`AutoTokenizer.from_pretrained(preset | dir | model file, use_fast=None, **kwargs)`.
+
+    A directory names its class in tokenizer_config.json (`tokenizer_class`, as save_pretrained and
+    Hugging Face write it). A preset names a class but ships no vocabulary: pass the model file
+    (`vocab_file=".../tokenizer.model"`, or `tokenizer_file=".../tokenizer.json"` for a Fast one).
+    use_fast: None keeps the named class; True / False pick its Fast / slow twin when registered.
+    """
 
     @staticmethod
-    def tokenizer_class(name: str, use_fast: bool = False):
+    def tokenizer_class(name: str, use_fast: Optional[bool] = None):
+        if name == "PreTrainedTokenizerFast":  # Hugging Face directories of tokenizer.json-only models
+            from .tokenization_fast import PreTrainedTokenizerFast
+
+            return PreTrainedTokenizerFast
         tokenizers = get_plugins().tokenizers
         if use_fast and not name.endswith("Fast") and f"{name}Fast" in tokenizers:
             name = f"{name}Fast"
+        elif use_fast is False and name.endswith("Fast") and name[:-4] in tokenizers:
+            name = name[:-4]
         return tokenizers.get(name)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: PathOrName, use_fast: bool = False, **kwargs):
+    def from_pretrained(cls, name_or_path: PathOrName, use_fast: Optional[bool] = None, **kwargs):
         path = Path(name_or_path)
         if path.exists():
             directory = path if path.is_dir() else path.parent
             name = _tokenizer_class_in_directory(directory)
-            return cls.tokenizer_class(name, use_fast).from_pretrained(directory, **kwargs)
+            tokenizer_cls = cls.tokenizer_class(name, use_fast)
+            if use_fast is None and not name.endswith("Fast") and not _has_files(tokenizer_cls, directory):
+                # e.g. a Hugging Face directory with tokenizer.json but no tokenizer.model
+                fast_cls = cls.tokenizer_class(name, use_fast=True)
+                if _has_files(fast_cls, directory):
+                    tokenizer_cls = fast_cls
+            return tokenizer_cls.from_pretrained(path, **kwargs)
         preset = get_plugins().preset(str(name_or_path))
         if preset.tokenizer is None:
             raise ConfigError(f"preset {preset.name}", "has no tokenizer; pass a directory holding tokenizer files")
         spec = {"type": preset.tokenizer} if isinstance(preset.tokenizer, str) else dict(preset.tokenizer)
         tokenizer_cls = cls.tokenizer_class(spec.pop("type"), use_fast)
         spec.update(kwargs)
-        return tokenizer_cls.from_preset(**spec) if hasattr(tokenizer_cls, "from_preset") else tokenizer_cls(**spec)
+        files = getattr(tokenizer_cls, "vocab_files_names", {})
+        if files and not any(spec.get(attr) for attr in files):
+            options = " or ".join(f"{attr}='/path/to/{file}'" for attr, file in files.items())
+            raise ConfigError(
+                f"preset {preset.name}: tokenizer",
+                f"{tokenizer_cls.__name__} needs the model's {' / '.join(files.values())}, which mfcore does not "
+                f"ship: pass {options} (AutoTokenizer.from_pretrained({preset.name!r}, {next(iter(files))}=...)), "
+                f"or put {next(iter(files.values()))} in a directory and load that directory (a Hugging Face "
+                f"model directory works; save_pretrained writes one)")
+        return tokenizer_cls(**spec)
+
+
+def _has_files(tokenizer_cls, directory: Path) -> bool:
+    return any((directory / name).exists() for name in getattr(tokenizer_cls, "vocab_files_names", {}).values())
 
 
 def _tokenizer_class_in_directory(directory: Path) -> str:
     tokenizer_config = directory / "tokenizer_config.json"
     if tokenizer_config.exists():
-        name = json.loads(tokenizer_config.read_text(encoding="utf-8")).get("tokenizer_class")
+        try:
+            data = json.loads(tokenizer_config.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ConfigError(str(tokenizer_config), f"is not valid JSON: {exc}") from exc
+        name = data.get("tokenizer_class") if isinstance(data, dict) else None
         if name:
             return name
-    raise ConfigError(str(tokenizer_config), "missing or without 'tokenizer_class'; cannot tell which tokenizer to load")
+    raise ConfigError(str(tokenizer_config), "missing or without 'tokenizer_class'; cannot tell which tokenizer to "
+                                             "load (write one with tokenizer.save_pretrained(dir), or load the "
+                                             "tokenizer class directly: LlamaTokenizer.from_pretrained(dir))")

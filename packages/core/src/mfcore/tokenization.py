@@ -39,7 +39,8 @@ _IGNORED_CONFIG_KEYS = {
     "added_tokens_decoder", "clean_up_tokenization_spaces", "legacy", "sp_model_kwargs", "auto_map",
     "use_default_system_prompt", "spaces_between_special_tokens", "name_or_path", "type", "errors",
     "tokenizer_file", "auto_register", "model_input_names", "num_reserved_special_tokens",
-    "add_prefix_space", "use_fast", "split_special_tokens", "extra_special_tokens", "backend",
+    "add_prefix_space", "use_fast", "split_special_tokens", "extra_special_tokens", "backend", "is_local",
+    "local_files_only", "tokenizer_type", "processor_class",
 }
 
 Offsets = List[Tuple[int, int]]
@@ -136,6 +137,8 @@ def _special_token_content(value) -> Optional[str]:
     """A special token given as a string or as Hugging Face's AddedToken dict {"content": ...}."""
     if value is None or isinstance(value, str):
         return value
+    if isinstance(value, bool):
+        raise ValueError(f"a special token must be a string, got {value!r}")
     if isinstance(value, dict) and "content" in value:
         return value["content"]
     return str(value)
@@ -444,26 +447,34 @@ class PreTrainedTokenizerBase:
     def decode(self, ids, skip_special_tokens: bool = False) -> str:
         """Ids -> text. Special tokens appear as their text unless skip_special_tokens.
 
-        Runs of ordinary ids are decoded by the model (sentencepiece / tiktoken / tokenizers), so the
-        text equals the vendor's decode of the same run.
+        Without special tokens the model decodes the ids in one call (sentencepiece / tiktoken /
+        tokenizers), so the text equals the vendor's decode of the same ids.
         """
         ids = _as_id_list(ids)
         special = self._special_id_set()
+        if skip_special_tokens:
+            return self._decode_plain([i for i in ids if i not in special])
         if not special.intersection(ids):
             return self._decode_plain(ids)
-        out, run = [], []
-        for i in ids:
-            if i in special:
-                if run:
-                    out.append(self._decode_plain(run))
-                    run = []
-                if not skip_special_tokens:
-                    out.append(self._id_to_token(i))
-            else:
+        return self._decode_with_special(ids, special)
+
+    def _decode_with_special(self, ids: List[int], special: set) -> str:
+        out: List[str] = []
+        run: List[int] = []
+        for i in ids + [None]:
+            if i is not None and i not in special:
                 run.append(i)
-        if run:
-            out.append(self._decode_plain(run))
+                continue
+            if run:
+                out.append(self._decode_run(run, continuing=bool(out)))
+                run = []
+            if i is not None:
+                out.append(self._id_to_token(i))
         return "".join(out)
+
+    def _decode_run(self, ids: List[int], continuing: bool) -> str:
+        """Decode ordinary ids that follow other text when `continuing` (see LlamaTokenizer)."""
+        return self._decode_plain(ids)
 
     def batch_decode(self, sequences, skip_special_tokens: bool = False) -> List[str]:
         if isinstance(sequences, np.ndarray) or hasattr(sequences, "asnumpy"):
@@ -564,7 +575,7 @@ class PreTrainedTokenizerBase:
             directory, files = path, {}
         else:
             raise FileNotFoundError(f"{name_or_path}: no such tokenizer directory or file")
-        config = _read_tokenizer_config(directory) if path.is_dir() else {}
+        config = _read_tokenizer_config(directory)
         config.pop("tokenizer_class", None)
         for attr, file_name in cls.vocab_files_names.items():
             if attr not in files and (directory / file_name).exists():
@@ -627,7 +638,7 @@ def _read_tokenizer_config(directory: Path) -> Dict[str, Any]:
         raise ConfigError(str(file), "must hold a JSON object")
     # Hugging Face writes special tokens either as strings or as AddedToken dicts.
     for key in list(data):
-        if key.endswith("_token"):
+        if key.endswith("_token") and not key.startswith("add_"):
             data[key] = _special_token_content(data[key])
     if "additional_special_tokens" in data:
         data["additional_special_tokens"] = [_special_token_content(t) for t in data["additional_special_tokens"]]

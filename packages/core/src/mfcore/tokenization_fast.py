@@ -44,12 +44,29 @@ class PreTrainedTokenizerFast(PreTrainedTokenizerBase):
                 raise ConfigError("tokenizer_file", f"{tokenizer_file} does not exist")
             tokenizer_object = tokenizers.Tokenizer.from_file(str(tokenizer_file))
         self._tokenizer = tokenizer_object
+        if "add_bos_token" not in kwargs and "add_eos_token" not in kwargs:
+            # A bare tokenizer.json (Hugging Face's Llama 3 directories): its post-processor says what
+            # it adds around a text; mirror that so add_special_tokens=True gives the same ids.
+            kwargs.update(self._special_tokens_added_by_post_processor(kwargs))
         # Text that looks like a special token is plain text unless parse_special_tokens=True (handled
         # in Python, as for slow tokenizers), so the Rust side must never match added tokens in text.
         self._tokenizer.encode_special_tokens = True
         self._tokenizer.no_truncation()
         self._tokenizer.no_padding()
         super().__init__(**kwargs)
+
+    def _special_tokens_added_by_post_processor(self, kwargs) -> Dict[str, bool]:
+        plain = self._tokenizer.encode("a", add_special_tokens=False).ids
+        full = self._tokenizer.encode("a", add_special_tokens=True).ids
+        if not plain or plain == full:
+            return {}
+        start = full.index(plain[0]) if plain[0] in full else 0
+        found = {}
+        for attr, ids in (("bos_token", full[:start]), ("eos_token", full[start + len(plain):])):
+            if len(ids) == 1:
+                found[f"add_{attr[:3]}_token"] = True
+                kwargs.setdefault(attr, self._tokenizer.id_to_token(ids[0]))
+        return found
 
     @property
     def backend_tokenizer(self):
@@ -76,6 +93,10 @@ class PreTrainedTokenizerFast(PreTrainedTokenizerBase):
         return [(e.ids, None) for e in encodings]
 
     def _decode_plain(self, ids: List[int]) -> str:
+        return self._tokenizer.decode(ids, skip_special_tokens=False)
+
+    def _decode_with_special(self, ids: List[int], special: set) -> str:
+        # One Rust call: its decoder sees the whole sequence, special tokens included as text.
         return self._tokenizer.decode(ids, skip_special_tokens=False)
 
     def _token_to_id(self, token: str) -> Optional[int]:

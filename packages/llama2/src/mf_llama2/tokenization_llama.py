@@ -83,6 +83,14 @@ class LlamaTokenizer(PreTrainedTokenizer):
     def _decode_plain(self, ids: Sequence[int]) -> str:
         return self.sp_model.decode(list(ids))
 
+    def _decode_run(self, ids: List[int], continuing: bool) -> str:
+        if not continuing:
+            return self.sp_model.decode(list(ids))
+        # sentencepiece drops the leading "▁" of the first piece it decodes (the dummy prefix); after
+        # a special token that space is real text, so decode behind a one-letter sentinel piece.
+        sentinel = self.sp_model.piece_to_id("a")
+        return self.sp_model.decode([sentinel] + list(ids))[1:]
+
     def _token_to_id(self, token: str) -> Optional[int]:
         index = self.sp_model.piece_to_id(token)
         # sentencepiece answers unk_id for pieces it does not know

@@ -88,6 +88,17 @@ class LlamaTokenizerFast(PreTrainedTokenizerFast):
                          bos_token=bos_token, eos_token=eos_token, pad_token=pad_token,
                          add_bos_token=add_bos_token, add_eos_token=add_eos_token, **kwargs)
 
+    def _encode_plain(self, texts, want_offsets: bool):
+        results = super()._encode_plain(texts, want_offsets)
+        if want_offsets:
+            # A first token that is the bare dummy prefix "▁" stands for no character of the text
+            # (tokenizers aligns it with the first character, which the next token also covers).
+            dummy = self._tokenizer.token_to_id(SPIECE_UNDERLINE)
+            for ids, offsets in results:
+                if ids and ids[0] == dummy:
+                    offsets[0] = (0, 0)
+        return results
+
     def _save_vocabulary(self, directory: Path) -> None:
         super()._save_vocabulary(directory)
         if self.vocab_file and Path(self.vocab_file).is_file():
