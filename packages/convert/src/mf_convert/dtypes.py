@@ -59,4 +59,5 @@ def cast(array: np.ndarray, source: str, target: str) -> np.ndarray:
         array = bf16_to_f32(array)
     if target == "BF16":
         return f32_to_bf16(array)
-    return array.astype(STORAGE[target])
+    with np.errstate(over="ignore"):  # out of fp16 range becomes inf, as in torch and MindSpore
+        return array.astype(STORAGE[target])
