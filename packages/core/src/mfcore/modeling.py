@@ -242,8 +242,8 @@ class PreTrainedModel(nn.Cell):
             raise CheckpointError(
                 f"preset {preset.name!r} has real dimensions and no bundled weights; mfcore will not allocate "
                 f"random weights for it. Get the weights (e.g. the Hugging Face checkpoint) and either pass that "
-                f"directory to from_pretrained, or convert it first: `mfcore convert --model {preset.name} "
-                f"--input <hf_dir> --output <dir>`, then from_pretrained(<dir>)")
+                f"directory to from_pretrained, or convert it first: `mfcore convert <hf_dir> <dir>`, then "
+                f"from_pretrained(<dir>)")
         if config is None:
             config = cls._config_from(preset.name, config_overrides)
         cls.resolve_dtypes(config, dtype)

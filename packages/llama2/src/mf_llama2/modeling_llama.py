@@ -56,9 +56,18 @@ def rope_inv_freq(head_dim: int, theta: float, rope_scaling: Optional[dict] = No
     return np.where(medium, smoothed, scaled).astype(np.float32)
 
 
-def rotate_half(x):
-    half = x.shape[-1] // 2
-    return mint.cat((-x[..., half:], x[..., :half]), dim=-1)
+def rotate_half_matrix(head_dim: int) -> np.ndarray:
+    """P with x @ P == rotate_half(x) == cat(-x[half:], x[:half]): one matmul instead of four ops, exact."""
+    half = head_dim // 2
+    matrix = np.zeros((head_dim, head_dim), dtype=np.float32)
+    matrix[np.arange(half) + half, np.arange(half)] = -1.0
+    matrix[np.arange(half), np.arange(half) + half] = 1.0
+    return matrix
+
+
+def _cast(x, dtype):
+    """Cast only when needed: the dtype is known while the graph is built, so no op is emitted otherwise."""
+    return x if x.dtype == dtype else ops.cast(x, dtype)
 
 
 # -- layers ---------------------------------------------------------------------------------------
@@ -73,14 +82,10 @@ class LlamaLinear(nn.Cell):
         self.weight = Parameter(initializer(weight_init, (out_features, in_features), param_dtype), name="weight")
         self.bias = Parameter(initializer(Zero(), (out_features,), param_dtype), name="bias") if has_bias else None
         self.compute_dtype = compute_dtype
-        self.cast_weight = param_dtype != compute_dtype  # only bf16-on-CPU or mixed setups pay for a cast
 
     def construct(self, x):
-        weight = ops.cast(self.weight, self.compute_dtype) if self.cast_weight else self.weight
-        bias = None
-        if self.bias is not None:
-            bias = ops.cast(self.bias, self.compute_dtype) if self.cast_weight else self.bias
-        return mint.nn.functional.linear(x, weight, bias)
+        bias = None if self.bias is None else _cast(self.bias, self.compute_dtype)
+        return mint.nn.functional.linear(x, _cast(self.weight, self.compute_dtype), bias)
 
 
 class LlamaEmbedding(nn.Cell):
@@ -103,11 +108,9 @@ class LlamaRMSNorm(nn.Cell):
         self.eps = eps
 
     def construct(self, x):
-        dtype = x.dtype
-        x32 = ops.cast(x, mindspore.float32)
+        x32 = _cast(x, mindspore.float32)
         variance = mint.mean(x32 * x32, -1, keepdim=True)
-        normed = ops.cast(x32 * mint.rsqrt(variance + self.eps), dtype)
-        return ops.cast(self.weight, dtype) * normed
+        return _cast(self.weight, x.dtype) * _cast(x32 * mint.rsqrt(variance + self.eps), x.dtype)
 
 
 class LlamaAttention(nn.Cell):
@@ -128,54 +131,62 @@ class LlamaAttention(nn.Cell):
         self.wk = LlamaLinear(config.hidden_size, kv_size, config.qkv_has_bias, **linear)
         self.wv = LlamaLinear(config.hidden_size, kv_size, config.qkv_has_bias, **linear)
         self.wo = LlamaLinear(config.hidden_size, config.hidden_size, False, **linear)
+        self.matmul_qk = ops.BatchMatMul(transpose_b=True)
 
-    def project(self, x, cos, sin):
-        """q (B, kv_heads, rep*S, D), k and v (B, kv_heads, S, D), rotary applied to q and k."""
+    def project(self, x, cos, sin, rotate):
+        """q, k, v as (B, S, heads, D), rotary embeddings applied to q and k."""
         batch, length, _ = x.shape
         q = self.wq(x).reshape(batch, length, self.num_heads, self.head_dim)
         k = self.wk(x).reshape(batch, length, self.n_kv_heads, self.head_dim)
         v = self.wv(x).reshape(batch, length, self.n_kv_heads, self.head_dim)
-        q = self.apply_rotary(q, cos, sin)
-        k = self.apply_rotary(k, cos, sin)
-        # Query head h = g * n_rep + r uses kv head g: group query heads instead of copying k and v.
-        q = q.reshape(batch, length, self.n_kv_heads, self.n_rep, self.head_dim).permute(0, 2, 3, 1, 4)
-        q = q.reshape(batch, self.n_kv_heads, self.n_rep * length, self.head_dim)
-        return q, k.permute(0, 2, 1, 3), v.permute(0, 2, 1, 3)
+        return self.apply_rotary(q, cos, sin, rotate), self.apply_rotary(k, cos, sin, rotate), v
 
-    def apply_rotary(self, x, cos, sin):
-        dtype = x.dtype
-        x32 = ops.cast(x, mindspore.float32)
-        return ops.cast(x32 * cos + rotate_half(x32) * sin, dtype)
+    @staticmethod
+    def apply_rotary(x, cos, sin, rotate):
+        """x * cos + rotate_half(x) * sin in float32 (rotate: the rotate-half matrix)."""
+        x32 = _cast(x, mindspore.float32)
+        return _cast(x32 * cos + mint.matmul(x32, rotate) * sin, x.dtype)
 
-    def attend(self, q, k, v, bias, length):
-        """softmax(q k^T * scale + bias) v over the keys given; bias (B or 1, 1, S, T) is 0 or MASK_VALUE."""
-        batch = q.shape[0]
+    def attend(self, q, k, v, bias):
+        """softmax(q k^T * scale + bias) v. q (B, kv_heads, n_rep, S, D) grouped by kv head, k and v
+        (B, kv_heads, T, D), bias (B or 1, 1, 1, S, T) holding 0 or MASK_VALUE."""
+        batch, _, _, length, _ = q.shape
         keys = k.shape[2]
-        scores = mint.matmul(q, k.transpose(0, 1, 3, 2)) * self.scaling
-        scores = ops.cast(scores, mindspore.float32).reshape(batch, self.n_kv_heads, self.n_rep, length, keys)
-        probs = mint.softmax(scores + bias.expand_dims(1), dim=-1)
-        probs = ops.cast(probs, self.compute_dtype).reshape(batch, self.n_kv_heads, self.n_rep * length, keys)
-        out = mint.matmul(probs, v).reshape(batch, self.n_kv_heads, self.n_rep, length, self.head_dim)
-        out = out.permute(0, 3, 1, 2, 4).reshape(batch, length, self.num_heads * self.head_dim)
-        return self.wo(out)
+        # Query head h = g * n_rep + r uses kv head g: fold the group into rows instead of copying k, v.
+        q = q.reshape(batch, self.n_kv_heads, self.n_rep * length, self.head_dim)
+        scores = self.matmul_qk(q, k) * self.scaling
+        scores = _cast(scores, mindspore.float32).reshape(batch, self.n_kv_heads, self.n_rep, length, keys)
+        probs = _cast(mint.softmax(scores + bias, dim=-1), self.compute_dtype)
+        out = mint.matmul(probs.reshape(batch, self.n_kv_heads, self.n_rep * length, keys), v)
+        return out.reshape(batch, self.n_kv_heads, self.n_rep, length, self.head_dim)
 
-    def construct(self, x, cos, sin, bias):
-        q, k, v = self.project(x, cos, sin)
-        return self.attend(q, k, v, bias, x.shape[1])
+    def construct(self, x, cos, sin, rotate, bias):
+        batch, length, _ = x.shape
+        q, k, v = self.project(x, cos, sin, rotate)
+        q = q.reshape(batch, length, self.n_kv_heads, self.n_rep, self.head_dim).permute(0, 2, 3, 1, 4)
+        out = self.attend(q, k.permute(0, 2, 1, 3), v.permute(0, 2, 1, 3), bias)
+        return self.wo(out.permute(0, 3, 1, 2, 4).reshape(batch, length, self.num_heads * self.head_dim))
 
-    def forward_with_cache(self, x, cos, sin, bias, cache_slot, k_cache, v_cache):
+    def forward_with_cache(self, x, cos, sin, rotate, bias, cache_slot, k_cache, v_cache):
         """Prompt (S > 1): attend within the prompt and store it in slots 0..S-1. One token (S == 1):
         write it at `cache_slot` and attend over the whole cache (the bias hides empty slots)."""
-        length = x.shape[1]
-        q, k, v = self.project(x, cos, sin)
+        batch, length, _ = x.shape
         if length > 1:
-            out = self.attend(q, k, v, bias, length)
+            q, k, v = self.project(x, cos, sin, rotate)
+            q = q.reshape(batch, length, self.n_kv_heads, self.n_rep, self.head_dim).permute(0, 2, 3, 1, 4)
+            k, v = k.permute(0, 2, 1, 3), v.permute(0, 2, 1, 3)
+            out = self.attend(q, k, v, bias)
+            out = out.permute(0, 3, 1, 2, 4).reshape(batch, length, self.num_heads * self.head_dim)
             k_cache = mint.cat((k, k_cache[:, :, length:]), dim=2)
             v_cache = mint.cat((v, v_cache[:, :, length:]), dim=2)
-            return out, k_cache, v_cache
-        k_cache = mint.where(cache_slot, k, k_cache)
-        v_cache = mint.where(cache_slot, v, v_cache)
-        return self.attend(q, k_cache, v_cache, bias, length), k_cache, v_cache
+            return self.wo(out), k_cache, v_cache
+        # One token: (B, 1, heads, D) -> (B, heads, 1, D) is a reshape, no transpose needed.
+        q, k, v = self.project(x, cos, sin, rotate)
+        q = q.reshape(batch, self.n_kv_heads, self.n_rep, 1, self.head_dim)
+        k_cache = mint.where(cache_slot, k.reshape(batch, self.n_kv_heads, 1, self.head_dim), k_cache)
+        v_cache = mint.where(cache_slot, v.reshape(batch, self.n_kv_heads, 1, self.head_dim), v_cache)
+        out = self.attend(q, k_cache, v_cache, bias)
+        return self.wo(out.reshape(batch, 1, self.num_heads * self.head_dim)), k_cache, v_cache
 
 
 class LlamaFeedForward(nn.Cell):
@@ -201,12 +212,12 @@ class LlamaDecodeLayer(nn.Cell):
         self.ffn_norm = LlamaRMSNorm(config.hidden_size, config.rms_norm_eps, param_dtype)
         self.feed_forward = LlamaFeedForward(config, param_dtype, compute_dtype, init_weights)
 
-    def construct(self, x, cos, sin, bias):
-        x = x + self.attention(self.attention_norm(x), cos, sin, bias)
+    def construct(self, x, cos, sin, rotate, bias):
+        x = x + self.attention(self.attention_norm(x), cos, sin, rotate, bias)
         return x + self.feed_forward(self.ffn_norm(x))
 
-    def forward_with_cache(self, x, cos, sin, bias, cache_slot, k_cache, v_cache):
-        attn, k_cache, v_cache = self.attention.forward_with_cache(self.attention_norm(x), cos, sin, bias,
+    def forward_with_cache(self, x, cos, sin, rotate, bias, cache_slot, k_cache, v_cache):
+        attn, k_cache, v_cache = self.attention.forward_with_cache(self.attention_norm(x), cos, sin, rotate, bias,
                                                                    cache_slot, k_cache, v_cache)
         x = x + attn
         return x + self.feed_forward(self.ffn_norm(x)), k_cache, v_cache
@@ -225,6 +236,7 @@ class LlamaModel(nn.Cell):
         self.norm_out = LlamaRMSNorm(config.hidden_size, config.rms_norm_eps, param_dtype)
         head_dim = config.hidden_size // config.num_heads
         self.inv_freq = Tensor(rope_inv_freq(head_dim, config.theta, config.rope_scaling))
+        self.rotate = Tensor(rotate_half_matrix(head_dim))
 
     def rotary(self, position_ids):
         """cos and sin (B, S, 1, head_dim) in float32 for integer positions (B, S)."""
@@ -234,7 +246,7 @@ class LlamaModel(nn.Cell):
 
     def embed(self, input_ids, input_embeds=None):
         hidden = self.tok_embeddings(input_ids) if input_embeds is None else input_embeds
-        return ops.cast(hidden, self.compute_dtype)
+        return _cast(hidden, self.compute_dtype)
 
 
 class LlamaForCausalLM(PreTrainedModel):
@@ -265,11 +277,11 @@ class LlamaForCausalLM(PreTrainedModel):
         """Final norm and output head, logits in float32."""
         hidden = self.model.norm_out(hidden)
         if self.lm_head is None:
-            weight = ops.cast(self.model.tok_embeddings.embedding_weight, self.compute_type)
+            weight = _cast(self.model.tok_embeddings.embedding_weight, self.compute_type)
             logits = mint.nn.functional.linear(hidden, weight)
         else:
             logits = self.lm_head(hidden)
-        return ops.cast(logits, mindspore.float32)
+        return _cast(logits, mindspore.float32)
 
     def construct(self, input_ids, labels=None, input_position=None, position_ids=None, attention_mask=None,
                   input_embeds=None, init_reset=None, batch_valid_length=None, batch_index=None,
@@ -295,9 +307,9 @@ class LlamaForCausalLM(PreTrainedModel):
         if attention_mask is not None:
             allowed = mint.logical_and(allowed, (attention_mask != 0).expand_dims(1))
         bias = ops.cast(mint.logical_not(allowed), mindspore.float32) * MASK_VALUE
-        bias = bias.expand_dims(1)
+        bias = bias.reshape(bias.shape[0], 1, 1, length, length)
         for layer in self.model.layers:
-            hidden = layer(hidden, cos, sin, bias)
+            hidden = layer(hidden, cos, sin, self.model.rotate, bias)
         logits = self.logits(hidden)
         if labels is None and loss_mask is None:
             return logits
@@ -325,10 +337,11 @@ class LlamaForCausalLM(PreTrainedModel):
     def forward_with_cache(self, input_ids, position_ids, attention_bias, cache_slot, *caches):
         hidden = self.model.embed(input_ids)
         cos, sin = self.model.rotary(position_ids)
+        bias = attention_bias.expand_dims(1)  # (B, 1, 1, S, T): broadcast over kv heads and their groups
         new_caches = ()
         for i, layer in enumerate(self.model.layers):
-            hidden, k_cache, v_cache = layer.forward_with_cache(hidden, cos, sin, attention_bias, cache_slot,
-                                                                caches[2 * i], caches[2 * i + 1])
+            hidden, k_cache, v_cache = layer.forward_with_cache(hidden, cos, sin, self.model.rotate, bias,
+                                                                cache_slot, caches[2 * i], caches[2 * i + 1])
             new_caches = new_caches + (k_cache, v_cache)
         logits = self.logits(hidden[:, -1])
         return (logits,) + new_caches
