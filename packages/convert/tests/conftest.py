@@ -73,3 +73,13 @@ def assert_same_state(a: dict, b: dict):
         assert a[name][0] == b[name][0], name
         assert a[name][1].shape == b[name][1].shape, name
         assert np.array_equal(a[name][1].view(np.uint8), b[name][1].view(np.uint8)), name
+
+
+@pytest.fixture(scope="session")
+def mindspore():
+    """MindSpore, set up the way mfcore does it (the device must be chosen before any kernel runs)."""
+    ms = pytest.importorskip("mindspore")
+    from mfcore.runtime import ensure_runtime
+
+    ensure_runtime()
+    return ms

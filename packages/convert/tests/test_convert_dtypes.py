@@ -49,8 +49,7 @@ def test_bfloat16_round_trip_is_bit_exact(bf16_model, tmp_path, target):
     assert_same_state(original, hf_state(tmp_path / "back"))
 
 
-def test_bfloat16_through_mindspore_ckpt(bf16_model, tmp_path):
-    mindspore = pytest.importorskip("mindspore")
+def test_bfloat16_through_mindspore_ckpt(bf16_model, tmp_path, mindspore):
     convert(bf16_model, tmp_path / "ck", ms_format="ckpt", verify=True)
     params = mindspore.load_checkpoint(str(tmp_path / "ck" / "mindspore_model.ckpt"))
     assert {str(p.dtype) for p in params.values()} == {"BFloat16"}

@@ -72,9 +72,8 @@ def test_hf_to_mindspore_to_hf_is_bit_exact(hf_models, variant, tmp_path):
         assert torch.equal(reloaded(ids).logits, reference(ids).logits)
 
 
-def test_mindspore_reads_native_safetensors_and_ckpt(hf_models, tmp_path):
+def test_mindspore_reads_native_safetensors_and_ckpt(hf_models, tmp_path, mindspore):
     """The native files are what mindspore.load_checkpoint reads, safetensors and .ckpt alike."""
-    mindspore = pytest.importorskip("mindspore")
     src, _ = hf_models["gqa-untied-sharded"]
     original = hf_state(src)
     expected = {MINDFORMERS_NAMES.get(k, k): v for k, v in original.items()}

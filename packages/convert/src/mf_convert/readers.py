@@ -97,8 +97,10 @@ class CkptFile:
         self.path = Path(path)
         try:
             import mindspore
+            from mfcore.runtime import ensure_runtime
         except ImportError:
             raise CheckpointError(f"{self.path}: reading .ckpt needs mindspore") from None
+        ensure_runtime()  # MindSpore's device must be chosen before the first kernel runs
         self._ms = mindspore
         try:
             self.params = mindspore.load_checkpoint(str(self.path))
