@@ -284,3 +284,15 @@ def test_hugging_face_tokenizer_json_directory(tmp_path, reference):
     for text in vector_texts():
         assert tokenizer.encode(text) == [128000] + reference.encode_ordinary(text)
     assert tokenizer.eos_token_id == 128009
+
+
+def test_tokenizer_modules_do_not_import_mindspore():
+    import subprocess
+    import sys
+
+    code = ("import sys; import mf_llama2.tokenization_llama, mf_llama2.tokenization_llama_fast, "
+            "mf_llama3.tokenization_llama3, mf_llama3.tokenization_llama3_fast; from mfcore import AutoTokenizer; "
+            f"t = AutoTokenizer.from_pretrained('llama3-8b', vocab_file={str(MODEL)!r}); t('hi', return_tensors='np'); "
+            "print('mindspore' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
