@@ -3,7 +3,7 @@ import json
 import subprocess
 import sys
 
-from conftest import assert_same_state, hf_state
+from convert_helpers import assert_same_state, hf_state
 
 
 def mfcore(*args):

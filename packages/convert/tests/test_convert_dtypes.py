@@ -7,7 +7,7 @@ from mf_convert import convert
 from mf_convert.dtypes import bf16_to_f32, cast, f32_to_bf16
 from mf_convert.safetensors_io import SafetensorsFile
 
-from conftest import assert_same_state, hf_state, make_hf_model
+from convert_helpers import assert_same_state, hf_state, make_hf_model
 
 
 @pytest.fixture(scope="module")

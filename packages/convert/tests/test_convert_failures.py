@@ -11,7 +11,7 @@ import torch
 from mfcore import CheckpointError
 from mf_convert import convert, engine
 
-from conftest import make_hf_model
+from convert_helpers import make_hf_model
 
 
 @pytest.fixture

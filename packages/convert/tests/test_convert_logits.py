@@ -6,7 +6,7 @@ import transformers
 
 from mf_convert import convert
 
-from conftest import VARIANTS
+from convert_helpers import VARIANTS
 
 IDS = np.array([[1, 5, 9, 33, 90, 7, 2, 64, 17, 3]], dtype=np.int32)
 

@@ -8,7 +8,7 @@ import torch
 from mfcore import CheckpointError
 from mf_convert import convert
 
-from conftest import assert_same_state, hf_state
+from convert_helpers import assert_same_state, hf_state
 
 PARAMS = {"dim": 64, "n_layers": 2, "n_heads": 4, "vocab_size": -1, "multiple_of": 32, "norm_eps": 1e-5,
           "rope_theta": 10000.0}

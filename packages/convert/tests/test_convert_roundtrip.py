@@ -8,7 +8,7 @@ import transformers
 
 from mf_convert import convert
 
-from conftest import TOKENIZER_FILES, VARIANTS, assert_same_state, hf_state
+from convert_helpers import TOKENIZER_FILES, VARIANTS, assert_same_state, hf_state
 
 VARIANT_NAMES = [v[0] for v in VARIANTS]
 # Names from MindFormers' Llama (see shared/MINDFORMERS.md), written out here rather than taken from the map.
