@@ -23,6 +23,8 @@ from .errors import ConfigError
 
 IGNORE_INDEX = -100
 COLUMNS = ("input_ids", "labels")
+PAGE_SIZE = 1 << 20
+HEADER_SIZE = 1 << 18
 
 
 @dataclass
@@ -131,6 +133,9 @@ def write_mindrecord(output: os.PathLike, sequences: Iterable[Tuple[np.ndarray, 
     count = 0
     try:
         writer = FileWriter(str(tmp_dir / output.name), shard_num=1, overwrite=True)
+        # MindRecord reserves a 16 MB header and pads to 32 MB pages by default: small pages keep small data small.
+        writer.set_header_size(HEADER_SIZE)
+        writer.set_page_size(PAGE_SIZE)
         writer.add_schema({name: {"type": "int32", "shape": [seq_length]} for name in COLUMNS},
                           "mfcore packed causal LM sequences")
         rows = []
@@ -197,9 +202,16 @@ def read_mindrecord(path: os.PathLike, columns: Sequence[str] = COLUMNS) -> Dict
     return {name: np.stack(arrays) for name, arrays in parts.items()}
 
 
-def load_tokenizer(name_or_path: str):
+def load_tokenizer(name_or_path: str, tokenizer_type: Optional[str] = None):
+    """A preset or tokenizer directory (AutoTokenizer), or a model file with its registered class name."""
     from .auto import AutoTokenizer
 
+    if tokenizer_type:
+        return AutoTokenizer.tokenizer_class(tokenizer_type).from_pretrained(name_or_path)
+    if Path(name_or_path).is_file():
+        raise ConfigError("--tokenizer", f"{name_or_path} is a file: say which tokenizer reads it with "
+                                         "--tokenizer-type (e.g. LlamaTokenizer, Llama3Tokenizer), or pass a "
+                                         "directory holding tokenizer_config.json")
     return AutoTokenizer.from_pretrained(name_or_path)
 
 
@@ -216,7 +228,7 @@ def run_data(args) -> int:
             raise ConfigError(f"--{flag.replace('_', '-')}", "is required (see `mfcore data --help`)")
     fmt = resolve_format(args.format, args.template)
     files = expand_inputs(args.input)
-    tokenizer = load_tokenizer(args.tokenizer)
+    tokenizer = load_tokenizer(args.tokenizer, args.tokenizer_type)
     sequences, stats = pack_files(fmt, files, tokenizer, args.seq_length, progress=not args.quiet)
     written = write_mindrecord(args.output, sequences, args.seq_length)
     print(f"wrote {args.output}: {written} sequences of {args.seq_length} tokens from {len(files)} file(s)")
@@ -238,6 +250,8 @@ def add_data_command(subparsers) -> None:
     p.add_argument("--format", help="dataset format (see --list): text, jsonl, wikitext, alpaca, chat, ...")
     p.add_argument("--input", nargs="+", help="input file(s) or glob pattern(s), e.g. 'data/*.jsonl'")
     p.add_argument("--tokenizer", help="tokenizer preset (llama3-8b) or directory with tokenizer files")
+    p.add_argument("--tokenizer-type", "--tokenizer_type", dest="tokenizer_type",
+                   help="registered tokenizer class for a --tokenizer model file (e.g. LlamaTokenizer)")
     p.add_argument("--seq-length", "--seq_length", dest="seq_length", type=int, help="tokens per sequence")
     p.add_argument("--output", help="output file, e.g. train.mindrecord (its index goes to train.mindrecord.db)")
     p.add_argument("--template", help="chat template for --format chat (default: the tokenizer's own)")
