@@ -233,7 +233,7 @@ def _check_left_padded(mask: np.ndarray) -> None:
         raise ValueError("a prompt row has no real token (attention_mask all 0)")
     if (np.diff(mask, axis=1) < 0).any():
         raise ValueError("prompts must be left-padded (attention_mask 0...0 1...1 per row); this one has padding "
-                         "on the right. Re-tokenize with padding_side='left'")
+                         "after a real token. Re-tokenize with padding_side='left'")
 
 
 # -- the loop ---------------------------------------------------------------------------------------
@@ -258,7 +258,8 @@ def generate(model, input_ids, generation_config: Optional[GenerationConfig] = N
     """Prompt + new tokens as a numpy int64 array (batch, length), as transformers' generate returns.
 
     input_ids: (B, P) array / Tensor, or a list of token lists of different lengths (left-padded here).
-    attention_mask: (B, P), 1 for real tokens; left padding only. Rows that produced EOS continue with
+    attention_mask: (B, P), 1 for real tokens; left padding only. Without it, a leading run of pad_token_id is
+    taken as padding. Rows that produced EOS continue with
     pad_token_id; generation stops when every row has finished or after max_new_tokens.
     streamer: an object with put(ids) / end() (transformers' TextStreamer works) or a callable that
     receives each step's new tokens (B,). use_jit=False runs the step op by op (PyNative).
@@ -278,8 +279,9 @@ def generate(model, input_ids, generation_config: Optional[GenerationConfig] = N
         mask = _as_ids(attention_mask)
         if mask.shape != ids.shape:
             raise ValueError(f"attention_mask shape {mask.shape} differs from input_ids shape {ids.shape}")
-    elif config.pad_token_id is not None and config.pad_token_id not in eos and (ids == config.pad_token_id).any():
-        mask = (ids != config.pad_token_id).astype(np.int64)  # transformers infers the mask the same way
+    elif config.pad_token_id is not None and config.pad_token_id not in eos and (ids[:, 0] == config.pad_token_id).any():
+        # Left padding is the leading run of pad tokens (a pad id inside a prompt stays a token).
+        mask = (np.cumsum(ids != config.pad_token_id, axis=1) > 0).astype(np.int64)
     else:
         mask = np.ones_like(ids)
     _check_left_padded(mask)

@@ -158,8 +158,7 @@ def _save_tensors(items: List[Tuple[str, Tensor]], path: Path, fmt: str) -> None
 
 
 def _nbytes(tensor) -> int:
-    return int(np.prod(tensor.shape, dtype=np.int64)) * mindspore.dtype_to_nptype(tensor.dtype)(0).itemsize \
-        if tensor.dtype != mindspore.bfloat16 else int(np.prod(tensor.shape, dtype=np.int64)) * 2
+    return int(tensor.nbytes)
 
 
 # -- the model base class ----------------------------------------------------------------------------
@@ -223,6 +222,8 @@ class PreTrainedModel(nn.Cell):
         A preset with real dimensions has no bundled weights and fails at once (before allocating
         anything); tiny presets (`random_init_ok`) are initialised randomly.
         """
+        if config is not None and config_overrides:
+            config = type(config).from_dict(config.to_dict(), **config_overrides)
         path = Path(name_or_path)
         if path.exists():
             directory = path if path.is_dir() else path.parent

@@ -89,14 +89,16 @@ class LlamaLinear(nn.Cell):
 
 
 class LlamaEmbedding(nn.Cell):
-    def __init__(self, vocab_size, hidden_size, param_dtype, init_std=0.02, init_weights=True):
+    def __init__(self, vocab_size, hidden_size, param_dtype, compute_dtype, init_std=0.02, init_weights=True):
         super().__init__()
+        self.compute_dtype = compute_dtype
         weight_init = Normal(init_std) if init_weights else Zero()
         self.embedding_weight = Parameter(initializer(weight_init, (vocab_size, hidden_size), param_dtype),
                                           name="embedding_weight")
 
     def construct(self, input_ids):
-        return ops.gather(self.embedding_weight, input_ids, 0)  # mint's embedding has no CPU kernel
+        # mint's embedding has no CPU kernel; Gather has none for bfloat16 either, hence the cast first.
+        return ops.gather(_cast(self.embedding_weight, self.compute_dtype), input_ids, 0)
 
 
 class LlamaRMSNorm(nn.Cell):
@@ -229,7 +231,7 @@ class LlamaModel(nn.Cell):
     def __init__(self, config: LlamaConfig, param_dtype, compute_dtype, init_weights=True):
         super().__init__()
         self.compute_dtype = compute_dtype
-        self.tok_embeddings = LlamaEmbedding(config.vocab_size, config.hidden_size, param_dtype,
+        self.tok_embeddings = LlamaEmbedding(config.vocab_size, config.hidden_size, param_dtype, compute_dtype,
                                              config.initializer_range, init_weights)
         self.layers = nn.CellList([LlamaDecodeLayer(config, param_dtype, compute_dtype, init_weights)
                                    for _ in range(config.num_layers)])
