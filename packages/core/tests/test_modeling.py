@@ -98,6 +98,15 @@ def test_load_checkpoint_names_missing_unexpected_and_wrongly_shaped(tmp_path):
         model.load_checkpoint(tmp_path / "absent")
 
 
+def test_training_state_in_a_checkpoint_is_skipped(tmp_path):
+    model = _toy()
+    good = _params(model)
+    _write(tmp_path / "train.safetensors", dict(good, **{"adam_m.scale": good["scale"], "global_step": np.ones(1)}))
+    fresh = ToyCounterLM(ToyConfig(width=3))
+    fresh.load_checkpoint(tmp_path / "train.safetensors")
+    np.testing.assert_array_equal(fresh.scale.asnumpy(), good["scale"])
+
+
 def test_weight_files_errors(tmp_path):
     with pytest.raises(CheckpointError, match="no weights found.*mfcore convert"):
         find_weight_files(tmp_path)

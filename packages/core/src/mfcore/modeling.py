@@ -42,6 +42,10 @@ _ST_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": n
               "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
 
 PathLike = Union[str, os.PathLike]
+# Training state that MindFormers (and MindSpore optimizers) store beside the weights; not parameters.
+TRAINING_STATE = re.compile(r"(adam_[mv]|moment[12]|accu_grads|global_step|epoch_num|step_num|loss_scale|"
+                            r"scale_sense|current_iterator_step|last_overflow_iterator_step|learning_rate|"
+                            r"beta[12]_power)(\.|$)")
 
 
 # -- checkpoint files --------------------------------------------------------------------------------
@@ -118,29 +122,39 @@ def read_safetensors(path: Path) -> Iterable[Tuple[str, Tensor]]:
             yield name, Tensor(np.array(array))
 
 
-def checkpoint_names(files: Sequence[Path]) -> List[str]:
-    names: List[str] = []
+def _load_ckpt(file: Path) -> dict:
+    try:
+        return mindspore.load_checkpoint(str(file))
+    except Exception as exc:
+        raise CheckpointError(f"{file}: cannot be read as a MindSpore checkpoint: {exc}") from exc
+
+
+def checkpoint_shapes(files: Sequence[Path]) -> List[Tuple[str, Tuple[int, ...]]]:
+    """(name, shape) of every tensor, read from safetensors headers without loading the data."""
+    shapes: List[Tuple[str, Tuple[int, ...]]] = []
     for file in files:
         if file.suffix == ".safetensors":
-            names.extend(_safetensors_header(file)[0])
+            shapes.extend((name, tuple(info["shape"])) for name, info in _safetensors_header(file)[0].items())
+        elif file.suffix == ".ckpt":
+            shapes.extend((name, tuple(value.shape)) for name, value in _load_ckpt(file).items())
         else:
-            names.extend(mindspore.load_checkpoint(str(file)))
-    return names
+            raise CheckpointError(f"{file}: unknown checkpoint format; use .safetensors or .ckpt")
+    return shapes
 
 
 def read_checkpoint(files: Sequence[Path]) -> Iterable[Tuple[str, Tensor]]:
+    """(name, tensor) pairs, one tensor at a time for safetensors files."""
     for file in files:
         if file.suffix == ".safetensors":
             yield from read_safetensors(file)
-        elif file.suffix == ".ckpt":
-            try:
-                loaded = mindspore.load_checkpoint(str(file))
-            except Exception as exc:
-                raise CheckpointError(f"{file}: cannot be read as a MindSpore checkpoint: {exc}") from exc
-            for name, value in loaded.items():
-                yield name, value
         else:
-            raise CheckpointError(f"{file}: unknown checkpoint format; use .safetensors or .ckpt")
+            yield from _load_ckpt(file).items()
+
+
+def _name_list(names: Sequence[str], limit: int = 12) -> str:
+    names = list(names)
+    more = f" ... and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
 
 
 def _save_tensors(items: List[Tuple[str, Tensor]], path: Path, fmt: str) -> None:
@@ -300,10 +314,11 @@ class PreTrainedModel(nn.Cell):
         return directory
 
     # -- loading --------------------------------------------------------------------------------
-    def _name_translator(self, names: Sequence[str], source: str):
+    def _name_translator(self, names: Sequence[str]):
         """A function foreign name -> native name for the names in a checkpoint (native, or a WeightMap)."""
         native = {name for name, _ in self.parameters_and_names()}
         ignored = set(self.ignored_checkpoint_names)
+        names = [n for n in names if not TRAINING_STATE.match(n)]
         if all(n in native or n in ignored for n in names):
             return lambda n: n
         from .plugins import get_plugins
@@ -335,32 +350,33 @@ class PreTrainedModel(nn.Cell):
                 raise CheckpointError(f"{path}: no such file or directory")
             files = find_weight_files(path) if path.is_dir() else [path]
         source = ", ".join(str(f) for f in files)
-        names = checkpoint_names(files)
-        translate = self._name_translator(names, source)
+        shapes = checkpoint_shapes(files)
+        translate = self._name_translator([name for name, _ in shapes])
         params = dict(self.parameters_and_names())
         ignored = set(self.ignored_checkpoint_names)
-        seen, unexpected, wrong_shape, updates = set(), [], [], []
-        for name, value in read_checkpoint(files):
+        # Check every name and shape first (from headers), then stream the tensors in: a checkpoint
+        # that does not fit changes nothing, and memory stays near one tensor above the model's.
+        plan, seen, unexpected, wrong_shape = {}, set(), [], []
+        for name, shape in shapes:
             native = translate(name)
-            if native is None or native in ignored:
+            if native is None or native in ignored or (native not in params and TRAINING_STATE.match(name)):
                 continue
             param = params.get(native)
             if param is None:
                 unexpected.append(name)
-                continue
-            if tuple(value.shape) != tuple(param.shape):
-                wrong_shape.append(f"{native}: checkpoint {tuple(value.shape)} vs model {tuple(param.shape)}")
-                continue
-            seen.add(native)
-            updates.append((param, value))
+            elif shape != tuple(param.shape):
+                wrong_shape.append(f"{native}: checkpoint {shape} vs model {tuple(param.shape)}")
+            else:
+                plan[name] = param
+                seen.add(native)
         missing = sorted(set(params) - seen)
         problems = []
         if missing:
-            problems.append(f"missing parameter(s): {', '.join(missing)}")
+            problems.append(f"missing parameter(s): {_name_list(missing)}")
         if unexpected:
-            problems.append(f"unexpected parameter(s): {', '.join(sorted(unexpected))}")
+            problems.append(f"unexpected parameter(s): {_name_list(sorted(unexpected))}")
         if wrong_shape:
-            problems.append(f"wrongly shaped parameter(s): {'; '.join(wrong_shape)}")
+            problems.append(f"wrongly shaped parameter(s): {_name_list(wrong_shape)}")
         if problems and (strict or wrong_shape):
             raise CheckpointError(f"{source} does not fit {type(self).__name__} "
                                   f"({getattr(self.config, 'model_type', '?')}): " + " | ".join(problems)
@@ -368,10 +384,10 @@ class PreTrainedModel(nn.Cell):
                                     "with `mfcore convert`")
         if problems:
             warnings.warn(" | ".join(problems), UserWarning, stacklevel=2)
-        for param, value in updates:
-            if value.dtype != param.dtype:
-                value = value.astype(param.dtype)
-            param.set_data(value)
+        for name, value in read_checkpoint(files):
+            param = plan.get(name)
+            if param is not None:
+                param.set_data(value if value.dtype == param.dtype else value.astype(param.dtype))
 
     # -- generation -----------------------------------------------------------------------------
     def generate(self, input_ids, generation_config: Optional[GenerationConfig] = None, **kwargs):
