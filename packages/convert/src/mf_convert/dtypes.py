@@ -51,13 +51,24 @@ def f32_to_bf16(values: np.ndarray) -> np.ndarray:
     return rounded
 
 
+_CHUNK = 1 << 20  # elements converted at a time, so a cast holds input + output + ~8 MB of temporaries
+
+
+def _convert(values: np.ndarray, source: str, target: str) -> np.ndarray:
+    if source == "BF16":
+        values = bf16_to_f32(values)
+    if target == "BF16":
+        return f32_to_bf16(values)
+    with np.errstate(over="ignore"):  # out of fp16 range becomes inf, as in torch and MindSpore
+        return values.astype(STORAGE[target])
+
+
 def cast(array: np.ndarray, source: str, target: str) -> np.ndarray:
     """Cast `array` (stored as `source`) to `target`; integer tensors and same-dtype casts pass through."""
     if source == target or source not in FLOATS or target not in FLOATS:
         return array
-    if source == "BF16":
-        array = bf16_to_f32(array)
-    if target == "BF16":
-        return f32_to_bf16(array)
-    with np.errstate(over="ignore"):  # out of fp16 range becomes inf, as in torch and MindSpore
-        return array.astype(STORAGE[target])
+    flat = np.ascontiguousarray(array).reshape(-1)
+    out = np.empty(flat.shape, dtype=STORAGE[target])
+    for start in range(0, flat.size, _CHUNK):
+        out[start:start + _CHUNK] = _convert(flat[start:start + _CHUNK], source, target)
+    return out.reshape(array.shape)

@@ -226,12 +226,19 @@ class Conversion:
             odd = sorted(set(written.names()) ^ expected_names)
             raise CheckpointError(f"verify: {directory}: written tensor names differ from the plan: {odd[:5]}")
         for item in self.items:
+            got = want = None  # free the previous pair first
             got = written.read(item.target_name)
             want = self.produce(item)
-            if got.shape != want.shape or got.dtype != want.dtype or \
-                    not np.array_equal(got.view(np.uint8), want.view(np.uint8)):
+            if got.shape != want.shape or got.dtype != want.dtype or not _same_bytes(got, want):
                 raise CheckpointError(f"verify: {written.where(item.target_name)}: tensor {item.target_name!r} "
                                       f"differs from its source {item.source_name!r}")
+
+
+def _same_bytes(a: np.ndarray, b: np.ndarray, chunk: int = 1 << 23) -> bool:
+    """Bitwise equality (NaN payloads included), compared in slices to keep temporaries small."""
+    a = np.ascontiguousarray(a).reshape(-1).view(np.uint8)
+    b = np.ascontiguousarray(b).reshape(-1).view(np.uint8)
+    return a.size == b.size and all(np.array_equal(a[i:i + chunk], b[i:i + chunk]) for i in range(0, a.size, chunk))
 
 
 class _Dims:

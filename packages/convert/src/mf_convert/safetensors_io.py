@@ -115,5 +115,6 @@ def write_safetensors(path, plan: Iterable[Tuple[str, str, Tuple[int, ...]]], pr
             handle.write(memoryview(array.reshape(-1)).cast("B"))
             if on_tensor is not None:
                 on_tensor(name, array.nbytes)
+            del array  # before the next tensor is read: one tensor in memory, not two
         handle.flush()
         os.fsync(handle.fileno())
