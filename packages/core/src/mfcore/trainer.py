@@ -86,9 +86,8 @@ class ParallelInfo:
 
 
 def check_compute_dtype(dtype: str) -> None:
-    from .runtime import device_target
-
-    if dtype == "bfloat16" and device_target() == "CPU":
+    # Ask MindSpore itself: the model may have been built before (or without) mfcore.runtime.setup.
+    if dtype == "bfloat16" and ms.get_context("device_target") == "CPU":
         raise ConfigError("model.model_config.compute_dtype",
                           "bfloat16 computation is not available on MindSpore's CPU backend (its MatMul has no "
                           "bfloat16 kernel); train in float32 or float16 on CPU, or run on Ascend for bfloat16. "
