@@ -37,6 +37,12 @@ KNOWN_TOP_LEVEL = {
 }
 
 
+# Sections that must be mappings when present.
+MAPPING_SECTIONS = ("trainer", "runner_config", "optimizer", "lr_schedule", "train_dataset", "train_dataset.data_loader",
+                    "eval_dataset", "eval_dataset.data_loader", "parallel_config", "context", "model",
+                    "model.model_config", "processor", "runner_wrapper")
+
+
 # -- loading and overriding ------------------------------------------------------------------------
 
 def load_task_yaml(path: str) -> dict:
@@ -230,6 +236,8 @@ def validate_task(task: dict, preset: Optional[str] = None) -> TaskSpec:
         if key not in KNOWN_TOP_LEVEL:
             warnings.warn(f"task YAML: unknown top-level key {key!r} ignored (check the spelling)", UserWarning,
                           stacklevel=2)
+    for section in MAPPING_SECTIONS:
+        r.section(section)
     run_mode = task.get("run_mode")
     if run_mode is None:
         if not preset:
