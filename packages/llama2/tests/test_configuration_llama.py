@@ -112,3 +112,8 @@ def test_round_trip_through_config_json(tmp_path):
     data = json.loads((tmp_path / "config.json").read_text())
     assert data["model_type"] == "llama" and data["rope_scaling"]["rope_type"] == "llama3"
     assert mfcore.AutoConfig.from_pretrained(tmp_path) == config
+
+
+def test_special_token_outside_vocabulary_is_rejected():
+    with pytest.raises(ConfigError, match="^bos_token_id: 128000 is outside the vocabulary"):
+        mfcore.AutoConfig.from_pretrained("llama3-tiny", vocab_size=640)

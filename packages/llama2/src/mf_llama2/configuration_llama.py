@@ -125,6 +125,11 @@ class LlamaConfig(PretrainedConfig):
                       "rotary_dtype"):
             setattr(self, field, normalize_dtype(getattr(self, field), field))
         self._validate_rope_scaling()
+        for field in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            value = getattr(self, field)
+            for token in value if isinstance(value, (list, tuple)) else [value]:
+                if token is not None and token >= self.vocab_size:
+                    raise ConfigError(field, f"{token} is outside the vocabulary (vocab_size {self.vocab_size})")
 
     def _validate_rope_scaling(self) -> None:
         scaling = self.rope_scaling
