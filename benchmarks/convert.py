@@ -10,6 +10,8 @@ layout in separate processes, each reporting its own peak RSS (resource.getrusag
 - naive: safetensors.numpy.load_file of every shard into one dict, rename, save_file (what a converter
   that loads the whole model does; MindFormers' own converter even loads it through torch + transformers)
 - baseline: a process that only imports the same modules (the constant part of every peak)
+- Meta: native -> consolidated.00.pth (torch.save: the whole model in memory, by design of the format)
+  and back (torch.load(mmap=True, weights_only=True), pages released after each tensor is copied)
 
 Both write the same tensors (checked). Speed is source bytes / wall time of the conversion call, with the
 source in the page cache (the generator just wrote it). The machine is shared and noisy: compare only the
@@ -40,6 +42,9 @@ CHILD_PRELUDE = textwrap.dedent("""
     import mfcore, mf_convert
     from mf_convert.engine import Conversion
     mfcore.get_plugins()
+    options = json.loads(sys.argv[3])
+    if options.pop("import_torch", False):  # so that torch's own ~180 MB count as imports, not conversion
+        import torch
     def status(key):
         for line in open("/proc/self/status"):
             if line.startswith(key + ":"):
@@ -55,7 +60,7 @@ CHILDREN = {
     "baseline": "report(0.0)\n",
     "streaming": textwrap.dedent("""
         start = time.perf_counter()
-        mf_convert.convert(src, dst, shard_size="300MB", **json.loads(sys.argv[3]))
+        mf_convert.convert(src, dst, shard_size="300MB", **options)
         report(time.perf_counter() - start)
     """),
     "naive": textwrap.dedent("""
@@ -156,14 +161,20 @@ def main():
         print(f"checkpoint: {total / 1e6:.0f} MB in {len(list(src.glob('*.safetensors')))} shards, "
               f"largest tensor {largest / 1e6:.0f} MB")
         rows = {"baseline": run_child("baseline", src, work / "unused")}
-        runs = [("streaming fp32", "streaming", {}), ("streaming fp32 --verify", "streaming", {"verify": True}),
-                ("streaming bf16", "streaming", {"dtype": "bf16"}), ("naive fp32", "naive", {})]
-        for label, kind, options in runs:
-            dst = work / label.replace(" ", "_").replace("-", "")
-            rows[label] = run_child(kind, src, dst, options, args.repeats)
-            if label == "naive fp32":
+        meta = work / "meta"
+        runs = [("streaming fp32", "streaming", src, {}),
+                ("streaming fp32 --verify", "streaming", src, {"verify": True}),
+                ("streaming bf16", "streaming", src, {"dtype": "bf16"}),
+                ("naive fp32", "naive", src, {}),
+                ("to meta (torch.save)", "streaming", src, {"target_format": "meta", "import_torch": True}),
+                ("from meta .pth (mmap)", "streaming", meta, {"import_torch": True})]
+        for label, kind, source, options in runs:
+            dst = meta if "to meta" in label else work / label.replace(" ", "_").replace("-", "")
+            rows[label] = run_child(kind, source, dst, options, args.repeats)
+            if label in ("naive fp32", "from meta .pth (mmap)"):
                 rows[label]["same_tensors_as_streaming"] = same_tensors(work / "streaming_fp32", dst)
-            shutil.rmtree(dst) if label != "streaming fp32" else None
+            if label not in ("streaming fp32", "to meta (torch.save)"):
+                shutil.rmtree(dst)
         base = rows["baseline"]["peak_rss_mb"]
         print(f"\n{'run':<26}{'peak RSS MB':>12}{'added by the conversion':>25}{'seconds':>9}{'MB/s':>8}")
         for label, row in rows.items():
@@ -177,7 +188,8 @@ def main():
                        (naive - rows["naive fp32"]["after_imports_mb"]) /
                        (stream - rows["streaming fp32"]["after_imports_mb"]),
                    "streaming_mb_per_s": total / 1e6 / rows["streaming fp32"]["seconds"],
-                   "naive_same_tensors": rows["naive fp32"]["same_tensors_as_streaming"], "runs": rows}
+                   "naive_same_tensors": rows["naive fp32"]["same_tensors_as_streaming"],
+                   "meta_same_tensors": rows["from meta .pth (mmap)"]["same_tensors_as_streaming"], "runs": rows}
         print(json.dumps(summary, indent=2))
     finally:
         if not args.keep:

@@ -6,8 +6,11 @@ and knows which file holds which tensor, so every error can name both.
 """
 from __future__ import annotations
 
+import ctypes
 import json
+import mmap
 import re
+import sys
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -39,12 +42,14 @@ class TorchFile:
     def __init__(self, path):
         self.path = Path(path)
         torch = import_torch(self.path)
+        self.mapped = True
         try:
             try:
                 state = torch.load(self.path, map_location="cpu", weights_only=True, mmap=True)
             except RuntimeError as exc:
                 if "mmap" not in str(exc):  # old (non-zip) files cannot be memory-mapped
                     raise
+                self.mapped = False
                 state = torch.load(self.path, map_location="cpu", weights_only=True)
         except Exception as exc:
             if type(exc).__name__ == "UnpicklingError":
@@ -78,13 +83,47 @@ class TorchFile:
         return tuple(self.tensors[name].shape)
 
     def read(self, name: str) -> np.ndarray:
-        tensor = self.tensors[name].contiguous()
+        tensor = self.tensors[name]
         try:
             if tensor.dtype == self._torch.bfloat16:
-                return tensor.view(self._torch.int16).numpy().view(np.uint16).copy()
-            return tensor.numpy().copy()
+                array = tensor.contiguous().view(self._torch.int16).numpy().view(np.uint16).copy()
+            else:
+                array = tensor.contiguous().numpy().copy()
         except RuntimeError as exc:  # a cut-off memory-mapped file fails here
             raise CheckpointError(f"{self.path}: tensor {name!r} cannot be read (truncated file?): {exc}") from exc
+        if self.mapped:
+            _release_file_pages(tensor)
+        return array
+
+
+def _release_file_pages(tensor) -> None:
+    """Let go of the pages of a memory-mapped tensor once it has been copied out.
+
+    Pages of a file mapping that were read stay in the process's RSS until unmapped, so streaming
+    through a mapped .pth would grow to the whole file. madvise(MADV_DONTNEED) drops them; they are
+    clean (never written), so a later read faults them in from the file again. Only for mmap'ed
+    storage: on heap memory it would zero the data.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    storage = tensor.untyped_storage()
+    start, size = storage.data_ptr(), storage.nbytes()
+    if not size:
+        return
+    page = mmap.PAGESIZE
+    first, last = start // page * page, -(-(start + size) // page) * page
+    _libc().madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), 4)  # 4 = MADV_DONTNEED
+
+
+_LIBC = None
+
+
+def _libc():
+    global _LIBC
+    if _LIBC is None:
+        _LIBC = ctypes.CDLL(None, use_errno=True)
+        _LIBC.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    return _LIBC
 
 
 class CkptFile:
