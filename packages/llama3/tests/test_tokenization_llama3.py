@@ -114,6 +114,8 @@ def test_decode_round_trip_and_equals_tiktoken(reference, slow, fast):
         with_special = [128000] + ids + [128009]
         assert slow.decode(with_special) == fast.decode(with_special) == reference.decode(with_special)
         assert slow.decode(with_special, skip_special_tokens=True) == fast.decode(with_special, skip_special_tokens=True) == text
+    batch = [reference.encode_ordinary(t) for t in texts] + [[128000, 9906, 128009]]
+    assert slow.batch_decode(batch) == fast.batch_decode(batch) == [reference.decode(b) for b in batch]
     partial = reference.encode_ordinary("😀")[:1]  # a token that is only part of a character
     assert slow.decode(partial) == fast.decode(partial) == reference.decode(partial)
 

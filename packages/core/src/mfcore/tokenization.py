@@ -479,7 +479,22 @@ class PreTrainedTokenizerBase:
     def batch_decode(self, sequences, skip_special_tokens: bool = False) -> List[str]:
         if isinstance(sequences, np.ndarray) or hasattr(sequences, "asnumpy"):
             sequences = _as_numpy(sequences).tolist()
-        return [self.decode(s, skip_special_tokens=skip_special_tokens) for s in sequences]
+        sequences = [_as_id_list(s) for s in sequences]
+        special = self._special_id_set()
+        if skip_special_tokens:
+            sequences = [[i for i in s if i not in special] for s in sequences]
+        out: List[Optional[str]] = [None] * len(sequences)
+        plain = [k for k, s in enumerate(sequences) if skip_special_tokens or not special.intersection(s)]
+        for k, text in zip(plain, self._decode_plain_batch([sequences[k] for k in plain])):
+            out[k] = text
+        for k, s in enumerate(sequences):
+            if out[k] is None:
+                out[k] = self._decode_with_special(s, special)
+        return out
+
+    def _decode_plain_batch(self, sequences: List[List[int]]) -> List[str]:
+        """Decode many sequences without special tokens; subclasses use the library's batch call."""
+        return [self._decode_plain(s) for s in sequences]
 
     def convert_tokens_to_string(self, tokens: Sequence[str]) -> str:
         return self.decode([self._token_to_id(t) for t in tokens])
@@ -668,6 +683,8 @@ def _as_numpy(value):
 
 
 def _as_id_list(ids) -> List[int]:
+    if type(ids) is list and (not ids or type(ids[0]) is int):  # the common case, kept cheap
+        return ids
     if isinstance(ids, (int, np.integer)):
         return [int(ids)]
     if isinstance(ids, np.ndarray) or hasattr(ids, "asnumpy"):

@@ -95,6 +95,9 @@ class PreTrainedTokenizerFast(PreTrainedTokenizerBase):
     def _decode_plain(self, ids: List[int]) -> str:
         return self._tokenizer.decode(ids, skip_special_tokens=False)
 
+    def _decode_plain_batch(self, sequences: List[List[int]]) -> List[str]:
+        return self._tokenizer.decode_batch(sequences, skip_special_tokens=False)
+
     def _decode_with_special(self, ids: List[int], special: set) -> str:
         # One Rust call: its decoder sees the whole sequence, special tokens included as text.
         return self._tokenizer.decode(ids, skip_special_tokens=False)

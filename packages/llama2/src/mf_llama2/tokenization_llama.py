@@ -83,6 +83,9 @@ class LlamaTokenizer(PreTrainedTokenizer):
     def _decode_plain(self, ids: Sequence[int]) -> str:
         return self.sp_model.decode(list(ids))
 
+    def _decode_plain_batch(self, sequences: List[List[int]]) -> List[str]:
+        return self.sp_model.decode(sequences) if sequences else []
+
     def _decode_run(self, ids: List[int], continuing: bool) -> str:
         if not continuing:
             return self.sp_model.decode(list(ids))
