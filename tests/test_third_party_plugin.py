@@ -62,7 +62,7 @@ def fresh_venv(tmp_path_factory):
     toy = _build_wheel(REPO_ROOT / "examples" / "third-party-plugin", wheels)
     # mfcore without MindSpore (and its other heavy dependencies): discovery must not need them.
     _run([str(python), "-m", "pip", "install", "-q", "--no-deps", str(core), str(toy)])
-    _run([str(python), "-m", "pip", "install", "-q", "pluggy", "pyyaml", "numpy<2"])
+    _run([str(python), "-m", "pip", "install", "-q", "pluggy", "pyyaml", "numpy<2", "pytest"])
     return root, python
 
 
@@ -82,6 +82,13 @@ def test_published_plugin_appears_in_plugins_and_models(fresh_venv):
     loaded = _run([str(python), "-c", "import mfcore, sys; c = mfcore.AutoConfig.from_pretrained('toy-7m'); "
                                       "print(type(c).__name__, c.hidden_size, c.num_layers, 'mindspore' in sys.modules)"])
     assert loaded.stdout.split() == ["ToyConfig", "96", "4", "False"]
+
+
+def test_plugin_own_suite_passes_with_the_conformance_kit(fresh_venv):
+    _, python = fresh_venv
+    result = _run([str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                   str(REPO_ROOT / "examples" / "third-party-plugin" / "tests")])
+    assert "2 passed" in result.stdout
 
 
 def test_broken_plugin_beside_it_is_reported_and_the_good_one_still_works(fresh_venv):
