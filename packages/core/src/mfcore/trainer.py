@@ -293,7 +293,7 @@ class Trainer:
         size = self.args.eval_batch_size or self.args.batch_size
         ids_all, labels_all = data["input_ids"], data["labels"]
         total_loss, total_tokens = 0.0, 0
-        for begin in range(0, len(ids_all) - size + 1, size):  # whole batches: one compiled shape
+        for begin in range(0, len(ids_all), size):  # a shorter last batch costs one more compile
             ids, labels = ids_all[begin:begin + size], labels_all[begin:begin + size]
             tokens = int((labels[:, 1:] != IGNORE_INDEX).sum())
             if tokens == 0:
