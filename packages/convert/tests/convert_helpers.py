@@ -8,6 +8,8 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="the reference checkpoints are written by torch + transformers")
 transformers = pytest.importorskip("transformers", reason="the reference checkpoints are written by transformers")
+# The checkpoints are Llamas: their name maps come from mf-llama2's register_converters.
+pytest.importorskip("mf_llama2", reason="mf-llama2 provides the Llama weight maps these tests convert with")
 
 # hidden 64 -> Meta's FFN rule with multiple_of 32 gives 192, so params.json describes the same network.
 TINY = dict(vocab_size=96, hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4,

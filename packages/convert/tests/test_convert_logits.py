@@ -49,3 +49,15 @@ def test_converted_ckpt_matches_transformers(auto_model, hf_models, tmp_path):
     src, _ = hf_models["gqa-untied-sharded"]
     convert(src, tmp_path / "ck", ms_format="ckpt")
     np.testing.assert_allclose(_mindspore_logits(auto_model, tmp_path / "ck"), _reference_logits(src), atol=1e-4, rtol=0)
+
+
+def test_save_pretrained_output_converts_back_to_hf(auto_model, hf_models, tmp_path):
+    """What PreTrainedModel.save_pretrained writes is a native directory this converter reads."""
+    from convert_helpers import assert_same_state, hf_state
+
+    src, _ = hf_models["gqa-tied"]
+    convert(src, tmp_path / "ms")
+    auto_model.from_pretrained(tmp_path / "ms").save_pretrained(tmp_path / "saved")
+    result = convert(tmp_path / "saved", tmp_path / "hf", target_format="hf", verify=True)
+    assert result.source_format == "mindformers"
+    assert_same_state(hf_state(src), hf_state(tmp_path / "hf"))
