@@ -64,16 +64,12 @@ def source_config_dict(path: Path, fmt: str, config_path: Optional[Path]) -> Tup
     if config_path is not None:
         return load_config_dict(config_path), config_path
     directory = weight_directory(path)
-    candidates = ["params.json"] if fmt == "meta" else ["config.json"]
-    if fmt == "meta":  # Meta repos on the Hub keep the original weights under original/
-        candidates.append("../config.json")
-    for name in candidates:
-        file = directory / name
-        if file.exists():
-            if name == "params.json":
-                return json.loads(file.read_text(encoding="utf-8")), file
-            return load_config_dict(file), file
-    return None, None
+    file = directory / ("params.json" if fmt == "meta" else "config.json")
+    if not file.exists():
+        return None, None
+    if fmt == "meta":
+        return json.loads(file.read_text(encoding="utf-8")), file
+    return load_config_dict(file), file
 
 
 def detect_model_type(config_dict: Optional[dict], fmt: str, path: Path) -> str:

@@ -78,16 +78,16 @@ class Conversion:
         plugins = get_plugins()
         self.source_map = plugins.converter(self.model_type, self.source_format)
         self.target_map = plugins.converter(self.model_type, target_format)
-        self.source = self._open_source()
         if config_dict is None:
             raise ConfigError("--config", f"{self.src}: no config beside the weights (config.json / params.json); "
                                           f"pass --config with a config.json or a MindFormers YAML")
-        self.config = self._build_config(config_dict)
+        self.source = self._open_source(config_dict)
+        self.config = self._build_config(config_dict, from_user=config is not None)
         self.dtype = parse_dtype(dtype) if dtype else None
         self.items = self._plan()
 
     # -- source ------------------------------------------------------------------------------------
-    def _open_source(self) -> readers.TensorSource:
+    def _open_source(self, config_dict: dict) -> readers.TensorSource:
         directory = detect.weight_directory(self.src)
         if self.source_format == "meta":
             files = [self.src] if self.src.is_file() else readers.meta_shard_files(self.src)
@@ -95,28 +95,19 @@ class Conversion:
             split = self.source_map.split_dim
             if len(shards) > 1 and split is None:
                 raise ConfigError("--from", f"the {self.model_type} meta map has no shard rules (split_dim)")
-            # split_dim needs the config, which needs merged shapes: a config-free view first.
-            self._pending_split = split
-            return readers.MetaShards(shards, directory, lambda name, shape: self._split(name, shape))
+            return readers.MetaShards(shards, directory, lambda name, shape: split(name, shape, config_dict))
         files = [self.src] if self.src.is_file() else readers.weight_files(self.src)
         source = readers.TensorSource([readers.open_file(f) for f in files], directory)
         if self.src.is_dir():
             readers.check_index_contents(self.src, source)
         return source
 
-    def _split(self, name, shape):
-        return self._pending_split(name, shape, self._config_for_split)
-
-    def _build_config(self, config_dict: dict):
+    def _build_config(self, config_dict: dict, from_user: bool):
         config_cls = get_plugins().configs.get(self.model_type)
-        if self.source_map.config_to_native is not None and self.config_file is not None \
-                and self.config_file.name == "params.json":
-            # Meta: the embedding's split dim depends only on params.json's dim, known before merging.
-            self._config_for_split = _Dims(config_dict)
+        if self.source_map.config_to_native is not None and not from_user:
+            # The format's own config file (Meta's params.json); values it leaves open come from the shapes.
             shapes = {name: self.source.shape(name) for name in self.source.names()}
-            config = config_cls.from_dict(self.source_map.config_to_native(config_dict, shapes))
-            self._config_for_split = config
-            return config
+            return config_cls.from_dict(self.source_map.config_to_native(config_dict, shapes))
         return config_cls.from_dict(config_dict)
 
     # -- plan --------------------------------------------------------------------------------------
@@ -239,13 +230,6 @@ def _same_bytes(a: np.ndarray, b: np.ndarray, chunk: int = 1 << 23) -> bool:
     a = np.ascontiguousarray(a).reshape(-1).view(np.uint8)
     b = np.ascontiguousarray(b).reshape(-1).view(np.uint8)
     return a.size == b.size and all(np.array_equal(a[i:i + chunk], b[i:i + chunk]) for i in range(0, a.size, chunk))
-
-
-class _Dims:
-    """The few config values Meta's shard rules need, read from params.json before merging."""
-
-    def __init__(self, params: dict):
-        self.hidden_size = params.get("dim")
 
 
 def convert(src, dst, source_format: Optional[str] = None, target_format: str = "mindformers",

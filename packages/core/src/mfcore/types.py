@@ -68,6 +68,6 @@ class WeightMap:
     # them (tie_word_embeddings): {"lm_head.weight": "model.tok_embeddings.embedding_weight"}.
     tied: Mapping[str, str] = field(default_factory=dict)
     # Formats split into model-parallel shards (Meta's consolidated.NN.pth): the dimension along which
-    # a tensor is split, given (foreign name, one shard's shape, config); None means every shard
-    # holds the whole tensor (replicated).
+    # a tensor is split, given (foreign name, one shard's shape, the format's own config dict such as
+    # params.json); None means every shard holds the whole tensor (replicated).
     split_dim: Optional[Callable[[str, Tuple[int, ...], Any], Optional[int]]] = None

@@ -121,16 +121,16 @@ def native_to_meta_transform(native_name: str, array, config):
     return array.reshape(heads, 2, rows // heads // 2, cols).transpose(0, 2, 1, 3).reshape(rows, cols)
 
 
-def meta_split_dim(meta_name: str, shard_shape: Tuple[int, ...], config) -> Optional[int]:
+def meta_split_dim(meta_name: str, shard_shape: Tuple[int, ...], params: Mapping[str, Any]) -> Optional[int]:
     """Which dimension Meta's model-parallel code splits a tensor on (None: replicated in every shard).
 
     Column-parallel layers (wq, wk, wv, w1, w3, output) are split on their output rows, row-parallel
     ones (wo, w2) on their input columns. The embedding is split on the hidden dimension in Llama 2
     (ParallelEmbedding) and on the vocabulary in Llama 3 (VocabParallelEmbedding): the shard's shape says
-    which.
+    which. `params` is Meta's params.json.
     """
     if meta_name == "tok_embeddings.weight":
-        return 0 if shard_shape[1] == config.hidden_size else 1
+        return 0 if shard_shape[1] == params["dim"] else 1
     if meta_name == "output.weight" or re.search(r"\.(wq|wk|wv|w1|w3)\.weight$", meta_name):
         return 0
     if re.search(r"\.(wo|w2)\.weight$", meta_name):
