@@ -103,3 +103,16 @@ def test_pytorch_bin_source(hf_models, tmp_path):
     convert(tmp_path / "bin", tmp_path / "ms", verify=True)
     convert(tmp_path / "ms", tmp_path / "back", target_format="hf")
     assert_same_state(hf_state(src), hf_state(tmp_path / "back"))
+
+    # sharded: pytorch_model-0000i-of-00002.bin + pytorch_model.bin.index.json
+    (tmp_path / "bins").mkdir()
+    shutil.copy(src / "config.json", tmp_path / "bins")
+    state, weight_map = model.state_dict(), {}
+    names = list(state)
+    for i, part in enumerate((names[: len(names) // 2], names[len(names) // 2:]), start=1):
+        file = f"pytorch_model-{i:05d}-of-00002.bin"
+        torch.save({n: state[n] for n in part}, tmp_path / "bins" / file)
+        weight_map.update({n: file for n in part})
+    (tmp_path / "bins" / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    convert(tmp_path / "bins", tmp_path / "back2", target_format="hf", verify=True)
+    assert_same_state(hf_state(src), hf_state(tmp_path / "back2"))
