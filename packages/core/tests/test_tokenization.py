@@ -197,6 +197,15 @@ def test_jinja_chat_template(slow):
         slow.apply_chat_template([{"content": "no role"}])
 
 
+def test_batch_encoding_pickles_and_empty_batches(fast):
+    import pickle
+
+    enc = fast(["ab", "c"], padding=True)
+    again = pickle.loads(pickle.dumps(enc))
+    assert dict(again) == dict(enc) and again.input_ids == enc.input_ids
+    assert fast([], return_tensors="np")["input_ids"].shape == (0, 0)
+
+
 def test_no_chat_template_is_a_clear_error(slow):
     with pytest.raises(ValueError, match="no chat template"):
         slow.apply_chat_template([{"role": "user", "content": "hi"}])

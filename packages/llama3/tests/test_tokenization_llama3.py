@@ -182,10 +182,11 @@ def test_long_inputs_are_cut_like_metas_tokenizer(reference, slow, fast):
 def test_fast_equals_slow_with_padding_truncation_and_tensors(slow, fast):
     texts = ["Hello world", "a much longer sentence with several more words in it", ""]
     for kwargs in [dict(padding=True), dict(padding="max_length", max_length=16), dict(truncation=True, max_length=5),
-                   dict(padding=True, padding_side="left"), dict(padding=True, truncation=True, max_length=6,
-                                                                 truncation_side="left" and None)]:
-        kwargs = {k: v for k, v in kwargs.items() if v is not None}
+                   dict(padding=True, padding_side="left"), dict(padding=True, truncation=True, max_length=6),
+                   dict(add_special_tokens=False, padding=True, pad_to_multiple_of=8)]:
         assert dict(slow(texts, **kwargs)) == dict(fast(texts, **kwargs)), kwargs
+    truncated = slow(texts, truncation=True, max_length=4)["input_ids"]
+    assert truncated[1] == [128000] + slow.encode(texts[1], add_special_tokens=False)[:3]
     enc = fast(texts, padding=True, return_tensors="np")
     assert enc["input_ids"][2].tolist()[:2] == [128000, 128002] and enc["attention_mask"][2].tolist()[:2] == [1, 0]
 

@@ -83,6 +83,9 @@ class BatchEncoding(dict):
         except KeyError:
             raise AttributeError(name) from None
 
+    def __reduce__(self):  # picklable (data loader workers): the lazy offsets closure is dropped
+        return BatchEncoding, (dict(self), self._offsets, self._batched)
+
     @property
     def is_batched(self) -> bool:
         return self._batched
@@ -124,12 +127,13 @@ def _to_tensor(rows: List[List[int]], return_tensors: Optional[str], name: str):
     if len(lengths) > 1:
         raise ValueError(f"return_tensors={return_tensors!r}: the sequences of {name!r} have different "
                          f"lengths {sorted(lengths)}; pass padding=True (or padding='max_length')")
+    width = len(rows[0]) if rows else 0
     if return_tensors == "np":
-        return np.asarray(rows, dtype=np.int64).reshape(len(rows), -1)
+        return np.asarray(rows, dtype=np.int64).reshape(len(rows), width)
     if return_tensors == "ms":
         import mindspore  # lazy: tokenizers must not import MindSpore unless asked to
 
-        return mindspore.Tensor(np.asarray(rows, dtype=np.int32).reshape(len(rows), -1), mindspore.int32)
+        return mindspore.Tensor(np.asarray(rows, dtype=np.int32).reshape(len(rows), width), mindspore.int32)
     raise ValueError(f"return_tensors={return_tensors!r} is not supported; use 'np', 'ms' or None")
 
 
@@ -173,7 +177,8 @@ class PreTrainedTokenizerBase:
             self.padding_side = _check_side("padding_side", padding_side)
         if truncation_side is not None:
             self.truncation_side = _check_side("truncation_side", truncation_side)
-        self.chat_template = chat_template
+        # A Jinja string (Hugging Face's tokenizer_config.json) or the class's Python layout.
+        self.chat_template = chat_template if chat_template is not None else self.default_chat_template
         unknown = sorted(k for k in kwargs if k not in _IGNORED_CONFIG_KEYS and not k.endswith("_token"))
         if unknown:
             logger.warning("%s: ignoring unknown tokenizer arguments %s", type(self).__name__, unknown)
@@ -513,14 +518,13 @@ class PreTrainedTokenizerBase:
         for number, message in enumerate(messages):
             if not isinstance(message, dict) or "role" not in message or "content" not in message:
                 raise ValueError(f"messages[{number}] must be a dict with 'role' and 'content', got {message!r}")
-        template = chat_template or self.chat_template
+        template = chat_template or self.chat_template or self.default_chat_template
         if isinstance(template, str):
             text = self._render_jinja(template, messages, add_generation_prompt)
             if not tokenize:
                 return text
             ids = self.encode(text, add_special_tokens=False, parse_special_tokens=True)
         else:
-            template = template or self.default_chat_template
             if template is None:
                 raise ValueError(f"{type(self).__name__} has no chat template; pass chat_template= (a Jinja string)")
             segments = template.render(messages, add_generation_prompt, self)

@@ -30,7 +30,7 @@ def sentencepiece_to_tokenizer(model_file, bos_token: Optional[str] = "<s>", eos
     import sentencepiece
 
     tokenizers = import_tokenizers()
-    from tokenizers import AddedToken, decoders, models, normalizers, processors
+    from tokenizers import AddedToken, decoders, models, normalizers
 
     sp = sentencepiece.SentencePieceProcessor(model_file=str(model_file))
     vocab = {sp.id_to_piece(i): i for i in range(sp.get_piece_size())}
