@@ -105,6 +105,7 @@ def test_padding_and_truncation(slow):
     assert len(slow(["ab"], padding=True, pad_to_multiple_of=8)["input_ids"][0]) == 8
     truncated = slow(texts, truncation=True, max_length=4)
     assert truncated["input_ids"][0] == [1] + ids("abc")
+    assert slow(texts, truncation=True, max_length=4, add_special_tokens=False)["input_ids"][0] == ids("abcd")
     eos = CharTokenizer(vocab_file=slow.vocab_file, add_eos_token=True, truncation_side="left")
     assert eos("abcdef", truncation=True, max_length=4)["input_ids"] == [1] + ids("ef") + [2]
     assert eos.num_special_tokens_to_add() == 2
@@ -172,6 +173,10 @@ def test_special_tokens(slow, vocab_file):
     assert slow.pad_token_id == 2 and slow(["a", "ab"], padding=True)["input_ids"][0][-1] == 2
     with pytest.raises(ConfigError, match="bos_token"):
         CharTokenizer(vocab_file=str(vocab_file), bos_token="<s>")
+    with pytest.raises(ConfigError, match="additional_special_tokens"):
+        CharTokenizer(vocab_file=str(vocab_file), additional_special_tokens=["<sep>"])
+    extra = CharTokenizer(vocab_file=str(vocab_file), additional_special_tokens=["z"])
+    assert extra.decode(ids("az"), skip_special_tokens=True) == "a" and 30 in extra.all_special_ids
     with pytest.raises(ConfigError, match="vocab_file.*vocab.txt"):
         CharTokenizer()
     with pytest.raises(ConfigError, match="does not exist"):

@@ -188,6 +188,10 @@ class PreTrainedTokenizerBase:
             token = getattr(self, attr)
             if token is not None and self._token_to_id(token) is None:
                 raise ConfigError(attr, f"{token!r} is not in the vocabulary of {type(self).__name__}")
+        for token in self.additional_special_tokens:
+            if self._token_to_id(token) is None:
+                raise ConfigError("additional_special_tokens", f"{token!r} is not in the vocabulary of "
+                                                               f"{type(self).__name__}")
         self._special_pattern: Optional[Tuple[tuple, re.Pattern]] = None
 
     # -- what a subclass provides ---------------------------------------------------------------
@@ -378,7 +382,7 @@ class PreTrainedTokenizerBase:
         row_offsets: List[Optional[Offsets]] = []
         for ids, offsets in encoded:
             if truncate:
-                room = max_length - self.num_special_tokens_to_add()
+                room = max_length - (self.num_special_tokens_to_add() if add_special_tokens else 0)
                 if room < 0:
                     raise ValueError(f"max_length={max_length} leaves no room after the special tokens")
                 if len(ids) > room:
