@@ -193,7 +193,7 @@ def run_train(spec: TaskSpec, parallel) -> int:
                 if tokenizer is not None:
                     tokenizer.save_pretrained(tmp)
             result["model"] = str(out / "model")
-        print(json.dumps({"result": result}, sort_keys=True))
+    print(json.dumps({"result": result, "rank": parallel.rank}, sort_keys=True))
     return 0
 
 
