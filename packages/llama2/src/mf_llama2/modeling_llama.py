@@ -145,9 +145,11 @@ class LlamaAttention(nn.Cell):
 
     @staticmethod
     def apply_rotary(x, cos, sin, rotate):
-        """x * cos + rotate_half(x) * sin in float32 (rotate: the rotate-half matrix)."""
+        """x * cos + rotate_half(x) * sin in float32 (rotate: the rotate-half matrix, applied as one 2-D
+        matmul over all rows)."""
         x32 = _cast(x, mindspore.float32)
-        return _cast(x32 * cos + mint.matmul(x32, rotate) * sin, x.dtype)
+        rotated = mint.matmul(x32.reshape(-1, x.shape[-1]), rotate).reshape(x.shape)
+        return _cast(x32 * cos + rotated * sin, x.dtype)
 
     def attend(self, q, k, v, bias):
         """softmax(q k^T * scale + bias) v. q (B, kv_heads, n_rep, S, D) grouped by kv head, k and v
@@ -170,25 +172,40 @@ class LlamaAttention(nn.Cell):
         return self.wo(out.permute(0, 3, 1, 2, 4).reshape(batch, length, self.num_heads * self.head_dim))
 
     def forward_with_cache(self, x, cos, sin, rotate, bias, cache_slot, k_cache, v_cache):
-        """Prompt (S > 1): attend within the prompt and store it in slots 0..S-1. One token (S == 1):
-        write it at `cache_slot` and attend over the whole cache (the bias hides empty slots)."""
+        """A prompt x (B, S, hidden): attend within it and store it in cache slots 0..S-1. One token per
+        row, x (B, hidden): write it at `cache_slot` and attend over the whole cache (see decode_one)."""
+        if x.ndim == 2:  # here cos and sin hold the rotation matrices of q and k
+            return self.decode_one(x, cos, sin, bias, cache_slot, k_cache, v_cache)
         batch, length, _ = x.shape
-        if length > 1:
-            q, k, v = self.project(x, cos, sin, rotate)
-            q = q.reshape(batch, length, self.n_kv_heads, self.n_rep, self.head_dim).permute(0, 2, 3, 1, 4)
-            k, v = k.permute(0, 2, 1, 3), v.permute(0, 2, 1, 3)
-            out = self.attend(q, k, v, bias)
-            out = out.permute(0, 3, 1, 2, 4).reshape(batch, length, self.num_heads * self.head_dim)
-            k_cache = mint.cat((k, k_cache[:, :, length:]), dim=2)
-            v_cache = mint.cat((v, v_cache[:, :, length:]), dim=2)
-            return self.wo(out), k_cache, v_cache
-        # One token: (B, 1, heads, D) -> (B, heads, 1, D) is a reshape, no transpose needed.
         q, k, v = self.project(x, cos, sin, rotate)
-        q = q.reshape(batch, self.n_kv_heads, self.n_rep, 1, self.head_dim)
+        q = q.reshape(batch, length, self.n_kv_heads, self.n_rep, self.head_dim).permute(0, 2, 3, 1, 4)
+        k, v = k.permute(0, 2, 1, 3), v.permute(0, 2, 1, 3)
+        out = self.attend(q, k, v, bias)
+        out = out.permute(0, 3, 1, 2, 4).reshape(batch, length, self.num_heads * self.head_dim)
+        k_cache = mint.cat((k, k_cache[:, :, length:]), dim=2)
+        v_cache = mint.cat((v, v_cache[:, :, length:]), dim=2)
+        return self.wo(out), k_cache, v_cache
+
+    def decode_one(self, x, rotation_q, rotation_k, bias, cache_slot, k_cache, v_cache):
+        """One new token per row on 2-D hidden states (B, hidden): the decode hot path.
+
+        Rotary embedding is one batched matmul with each row's rotation matrix (B, D, D), built once per
+        step (LlamaForCausalLM.rotation); rotation_q also carries the 1/sqrt(D) score scale. No
+        transposes. bias (B, 1, 1, T), cache_slot (1, 1, T, 1)."""
+        batch = x.shape[0]
+        q = self.wq(x).reshape(batch, self.num_heads, self.head_dim)
+        k = self.wk(x).reshape(batch, self.n_kv_heads, self.head_dim)
+        q = _cast(mint.bmm(_cast(q, mindspore.float32), rotation_q), self.compute_dtype)
+        k = _cast(mint.bmm(_cast(k, mindspore.float32), rotation_k), self.compute_dtype)
         k_cache = mint.where(cache_slot, k.reshape(batch, self.n_kv_heads, 1, self.head_dim), k_cache)
-        v_cache = mint.where(cache_slot, v.reshape(batch, self.n_kv_heads, 1, self.head_dim), v_cache)
-        out = self.attend(q, k_cache, v_cache, bias)
-        return self.wo(out.reshape(batch, 1, self.num_heads * self.head_dim)), k_cache, v_cache
+        v = self.wv(x).reshape(batch, self.n_kv_heads, 1, self.head_dim)
+        v_cache = mint.where(cache_slot, v, v_cache)
+        # Query head h = g * n_rep + r reads kv head g.
+        q = q.reshape(batch, self.n_kv_heads, self.n_rep, self.head_dim)
+        scores = _cast(self.matmul_qk(q, k_cache), mindspore.float32)
+        probs = _cast(mint.softmax(scores + bias, dim=-1), self.compute_dtype)
+        out = mint.matmul(probs, v_cache)  # (B, kv_heads, n_rep, D)
+        return self.wo(out.reshape(batch, self.num_heads * self.head_dim)), k_cache, v_cache
 
 
 class LlamaFeedForward(nn.Cell):
@@ -239,12 +256,20 @@ class LlamaModel(nn.Cell):
         head_dim = config.hidden_size // config.num_heads
         self.inv_freq = Tensor(rope_inv_freq(head_dim, config.theta, config.rope_scaling))
         self.rotate = Tensor(rotate_half_matrix(head_dim))
+        self.eye = Tensor(np.eye(head_dim, dtype=np.float32))
+        self.scaling = head_dim ** -0.5
 
     def rotary(self, position_ids):
         """cos and sin (B, S, 1, head_dim) in float32 for integer positions (B, S)."""
         freqs = ops.cast(position_ids, mindspore.float32).expand_dims(-1) * self.inv_freq
         emb = mint.cat((freqs, freqs), dim=-1).expand_dims(2)
         return ops.cos(emb), ops.sin(emb)
+
+    def rotation(self, cos, sin):
+        """Per-row rotary matrices R (B, D, D) with x @ R == x * cos + rotate_half(x) * sin, for q (times
+        the attention scale 1/sqrt(D)) and for k. cos, sin: (B, 1, D)."""
+        rotation = self.eye * cos + self.rotate * sin
+        return rotation * self.scaling, rotation
 
     def embed(self, input_ids, input_embeds=None):
         hidden = self.tok_embeddings(input_ids) if input_embeds is None else input_embeds
@@ -339,11 +364,17 @@ class LlamaForCausalLM(PreTrainedModel):
     def forward_with_cache(self, input_ids, position_ids, attention_bias, cache_slot, *caches):
         hidden = self.model.embed(input_ids)
         cos, sin = self.model.rotary(position_ids)
-        bias = attention_bias.expand_dims(1)  # (B, 1, 1, S, T): broadcast over kv heads and their groups
+        batch, length = input_ids.shape
+        if length == 1:  # the decode hot path runs on 2-D hidden states (B, hidden)
+            hidden = hidden.reshape(batch, -1)
+            cos, sin = self.model.rotation(cos.reshape(batch, 1, -1), sin.reshape(batch, 1, -1))
+            bias = attention_bias  # (B, 1, 1, T)
+        else:
+            bias = attention_bias.expand_dims(1)  # (B, 1, 1, S, T): broadcast over kv heads and groups
         new_caches = ()
         for i, layer in enumerate(self.model.layers):
             hidden, k_cache, v_cache = layer.forward_with_cache(hidden, cos, sin, self.model.rotate, bias,
                                                                 cache_slot, caches[2 * i], caches[2 * i + 1])
             new_caches = new_caches + (k_cache, v_cache)
-        logits = self.logits(hidden[:, -1])
+        logits = self.logits(hidden if length == 1 else hidden[:, -1])
         return (logits,) + new_caches
