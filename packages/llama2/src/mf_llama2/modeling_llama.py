@@ -11,13 +11,15 @@ Two entry points share the layers:
 - `construct(input_ids, labels=None, ...)`: the whole sequence at once; logits, or the loss with labels.
 - `forward_with_cache(...)`: generation; keys/values live in fixed-size cache tensors (one per layer
   for k and for v, shape (batch, kv_heads, cache_length, head_dim)) so that one compiled graph serves
-  every decode step. See mfcore.generation.
+  every decode step. See mfcore.generation. The one-token step is the hot path: it runs on 2-D hidden
+  states and applies rotary embeddings as one batched matmul, because on CPU MindSpore's cost is mostly
+  per kernel launched, not per flop.
 Norms, softmax and rotary run in float32 whatever the compute dtype (as the config's *_compute_type).
 """
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Tuple
+from typing import Optional
 
 import numpy as np
 import mindspore
@@ -171,13 +173,14 @@ class LlamaAttention(nn.Cell):
         out = self.attend(q, k.permute(0, 2, 1, 3), v.permute(0, 2, 1, 3), bias)
         return self.wo(out.permute(0, 3, 1, 2, 4).reshape(batch, length, self.num_heads * self.head_dim))
 
-    def forward_with_cache(self, x, cos, sin, rotate, bias, cache_slot, k_cache, v_cache):
-        """A prompt x (B, S, hidden): attend within it and store it in cache slots 0..S-1. One token per
-        row, x (B, hidden): write it at `cache_slot` and attend over the whole cache (see decode_one)."""
-        if x.ndim == 2:  # here cos and sin hold the rotation matrices of q and k
-            return self.decode_one(x, cos, sin, bias, cache_slot, k_cache, v_cache)
+    def forward_with_cache(self, x, rope, bias, cache_slot, k_cache, v_cache):
+        """A prompt x (B, S, hidden), rope = (cos, sin, rotate-half matrix): attend within it and store it
+        in cache slots 0..S-1. One token per row, x (B, hidden), rope = (rotation_q, rotation_k): write it
+        at `cache_slot` and attend over the whole cache (decode_one)."""
+        if x.ndim == 2:
+            return self.decode_one(x, rope[0], rope[1], bias, cache_slot, k_cache, v_cache)
         batch, length, _ = x.shape
-        q, k, v = self.project(x, cos, sin, rotate)
+        q, k, v = self.project(x, rope[0], rope[1], rope[2])
         q = q.reshape(batch, length, self.n_kv_heads, self.n_rep, self.head_dim).permute(0, 2, 3, 1, 4)
         k, v = k.permute(0, 2, 1, 3), v.permute(0, 2, 1, 3)
         out = self.attend(q, k, v, bias)
@@ -235,9 +238,9 @@ class LlamaDecodeLayer(nn.Cell):
         x = x + self.attention(self.attention_norm(x), cos, sin, rotate, bias)
         return x + self.feed_forward(self.ffn_norm(x))
 
-    def forward_with_cache(self, x, cos, sin, rotate, bias, cache_slot, k_cache, v_cache):
-        attn, k_cache, v_cache = self.attention.forward_with_cache(self.attention_norm(x), cos, sin, rotate, bias,
-                                                                   cache_slot, k_cache, v_cache)
+    def forward_with_cache(self, x, rope, bias, cache_slot, k_cache, v_cache):
+        attn, k_cache, v_cache = self.attention.forward_with_cache(self.attention_norm(x), rope, bias, cache_slot,
+                                                                   k_cache, v_cache)
         x = x + attn
         return x + self.feed_forward(self.ffn_norm(x)), k_cache, v_cache
 
@@ -367,14 +370,15 @@ class LlamaForCausalLM(PreTrainedModel):
         batch, length = input_ids.shape
         if length == 1:  # the decode hot path runs on 2-D hidden states (B, hidden)
             hidden = hidden.reshape(batch, -1)
-            cos, sin = self.model.rotation(cos.reshape(batch, 1, -1), sin.reshape(batch, 1, -1))
+            rope = self.model.rotation(cos.reshape(batch, 1, -1), sin.reshape(batch, 1, -1))
             bias = attention_bias  # (B, 1, 1, T)
         else:
+            rope = (cos, sin, self.model.rotate)
             bias = attention_bias.expand_dims(1)  # (B, 1, 1, S, T): broadcast over kv heads and groups
         new_caches = ()
         for i, layer in enumerate(self.model.layers):
-            hidden, k_cache, v_cache = layer.forward_with_cache(hidden, cos, sin, self.model.rotate, bias,
-                                                                cache_slot, caches[2 * i], caches[2 * i + 1])
+            hidden, k_cache, v_cache = layer.forward_with_cache(hidden, rope, bias, cache_slot, caches[2 * i],
+                                                                caches[2 * i + 1])
             new_caches = new_caches + (k_cache, v_cache)
         logits = self.logits(hidden if length == 1 else hidden[:, -1])
         return (logits,) + new_caches
