@@ -92,10 +92,13 @@ def test_meta_converts_to_identical_tensors(hf_models, tmp_path, variant, shards
     assert_same_state(hf_state(src), hf_state(tmp_path / "hf"))
 
 
-def test_native_to_meta_matches_meta_layout(hf_models, tmp_path):
+@pytest.mark.parametrize("via_native", [True, False])
+def test_to_meta_matches_meta_layout(hf_models, tmp_path, via_native):
     src, model = hf_models["gqa-untied-sharded"]
-    convert(src, tmp_path / "ms")
-    convert(tmp_path / "ms", tmp_path / "meta", target_format="meta", verify=True)
+    if via_native:
+        convert(src, tmp_path / "ms")
+        src = tmp_path / "ms"
+    convert(src, tmp_path / "meta", target_format="meta", verify=True)
     written = torch.load(tmp_path / "meta" / "consolidated.00.pth", weights_only=True)
     expected = meta_state(model)
     assert sorted(written) == sorted(expected)
