@@ -1,4 +1,6 @@
 """dtype casts match torch bit for bit, and bfloat16 survives every round trip unchanged."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -43,6 +45,7 @@ def test_bfloat16_round_trip_is_bit_exact(bf16_model, tmp_path, target):
     if target == "mindformers":
         headers = [SafetensorsFile(f) for f in (tmp_path / "mid").glob("*.safetensors")]
         assert {h.dtype(n) for h in headers for n in h.names()} == {"BF16"}
+        assert json.loads((tmp_path / "mid" / "config.json").read_text())["param_init_type"] == "bfloat16"
     convert(tmp_path / "mid", tmp_path / "back", target_format="hf", verify=True, shard_size="30KB")
     original = hf_state(bf16_model)
     assert {dtype for dtype, _ in original.values()} == {"torch.bfloat16"}
@@ -80,6 +83,4 @@ def test_dtype_cast_matches_torch(hf_models, tmp_path, dtype, torch_dtype):
         want = want.view(torch.int16).numpy() if torch_dtype == torch.bfloat16 else want.numpy()
         assert got[name][0] == str(torch_dtype)
         assert np.array_equal(got[name][1], want), name
-    import json
-
     assert json.loads((tmp_path / "cast" / "config.json").read_text())["torch_dtype"] == str(torch_dtype)[6:]

@@ -61,3 +61,19 @@ def test_save_pretrained_output_converts_back_to_hf(auto_model, hf_models, tmp_p
     result = convert(tmp_path / "saved", tmp_path / "hf", target_format="hf", verify=True)
     assert result.source_format == "mindformers"
     assert_same_state(hf_state(src), hf_state(tmp_path / "hf"))
+
+
+def test_bfloat16_checkpoint_loads_with_its_dtype(auto_model, tmp_path):
+    """bf16 weights stay bf16 in MindSpore (param_init_type); on CPU the network computes in fp32, as does
+    the reference run on the same bf16 weights widened to fp32."""
+    from convert_helpers import make_hf_model
+
+    make_hf_model(tmp_path / "hf", 2, False, seed=11, dtype=torch.bfloat16)
+    convert(tmp_path / "hf", tmp_path / "ms")
+    model = auto_model.from_pretrained(tmp_path / "ms")
+    assert {str(p.dtype) for p in model.get_parameters()} == {"BFloat16"}
+    reference = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "hf", attn_implementation="eager",
+                                                              dtype=torch.float32).eval()
+    with torch.no_grad():
+        want = reference(torch.tensor(IDS, dtype=torch.long)).logits.numpy()
+    np.testing.assert_allclose(_mindspore_logits(auto_model, tmp_path / "ms"), want, atol=1e-4, rtol=0)

@@ -5,6 +5,7 @@ source tensor --to_native + to_native_transform--> native --from_native + from_n
 """
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import time
@@ -193,8 +194,13 @@ class Conversion:
         return files
 
     def write_config(self, directory: Path) -> None:
+        dtypes = {i.target_dtype for i in self.items if i.target_dtype in FLOATS}
+        stored = CONFIG_NAMES[dtypes.pop()] if len(dtypes) == 1 else None
         if self.target_format == "mindformers":
-            self.config.save_pretrained(directory)
+            config = copy.deepcopy(self.config)
+            if stored and hasattr(config, "param_init_type"):  # MindFormers' name for the weights' dtype
+                config.param_init_type = stored
+            config.save_pretrained(directory)
             return
         to_foreign = self.target_map.config_from_native
         if to_foreign is None:
@@ -204,9 +210,8 @@ class Conversion:
         if self.target_format == "meta":
             (directory / "params.json").write_text(json.dumps(data, indent=2) + "\n")
         else:
-            dtypes = {i.target_dtype for i in self.items if i.target_dtype in FLOATS}
-            if len(dtypes) == 1:
-                data["torch_dtype"] = CONFIG_NAMES[dtypes.pop()]
+            if stored:
+                data["torch_dtype"] = stored
             (directory / "config.json").write_text(json.dumps(data, indent=2) + "\n")
 
     def verify(self, directory: Path, files: List[Path]) -> None:
