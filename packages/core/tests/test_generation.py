@@ -153,6 +153,25 @@ def test_input_forms_and_streamer(toy):
     np.testing.assert_array_equal(toy.generate(prompt, max_new_tokens=0), prompt)
 
 
+def test_stop_strings_end_rows(toy):
+    class Letters:  # token t decodes to the letter chr(97 + t)
+        @staticmethod
+        def decode(ids):
+            return "".join(chr(97 + t) for t in ids)
+
+    prompts = [[1, 5, 9, 2, 6, 5, 3], [2, 7]]
+    free = expected_generation(prompts, VOCAB, 12)
+    stop = Letters.decode(free[0, 7 + 2:7 + 4])  # what row 0 writes at its 3rd and 4th steps
+    assert stop not in Letters.decode(free[0, 7:7 + 3]) and stop not in Letters.decode(free[1, 7:])
+    got = toy.generate(prompts, max_new_tokens=12, eos_token_id=None, pad_token_id=0, stop_strings=[stop],
+                       tokenizer=Letters())
+    np.testing.assert_array_equal(got[0, :7 + 4], free[0, :7 + 4])
+    assert (got[0, 7 + 4:] == 0).all()  # stopped after the token that completed the stop string
+    np.testing.assert_array_equal(got[1], free[1])  # the other row runs on
+    with pytest.raises(ValueError, match="tokenizer"):
+        toy.generate(prompts, max_new_tokens=2, stop_strings=["x"])
+
+
 def test_generation_input_errors(toy):
     with pytest.raises(ValueError, match="left-padded"):
         toy.generate(np.array([[1, 2, 0]]), attention_mask=np.array([[1, 1, 0]]), max_new_tokens=2)

@@ -41,6 +41,8 @@ class GenerationConfig:
     bos_token_id: Optional[int] = None
     seed: Optional[int] = None
     use_cache: bool = True
+    # Stop a row once the text it generated contains one of these (needs generate(..., tokenizer=)).
+    stop_strings: Optional[List[str]] = None
     # keys of a loaded file that we do not use, kept so that saving does not drop them
     extra: Dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -254,13 +256,15 @@ def _step_function(model, use_jit: bool) -> Callable:
 
 
 def generate(model, input_ids, generation_config: Optional[GenerationConfig] = None, attention_mask=None,
-             streamer=None, use_jit: bool = True, **kwargs) -> np.ndarray:
+             streamer=None, use_jit: bool = True, tokenizer=None, **kwargs) -> np.ndarray:
     """Prompt + new tokens as a numpy int64 array (batch, length), as transformers' generate returns.
 
     input_ids: (B, P) array / Tensor, or a list of token lists of different lengths (left-padded here).
     attention_mask: (B, P), 1 for real tokens; left padding only. Without it, a leading run of pad_token_id is
     taken as padding. Rows that produced EOS continue with
     pad_token_id; generation stops when every row has finished or after max_new_tokens.
+    stop_strings (with tokenizer=, anything with decode(ids)): a row also stops once its new text contains
+    one of them; the token that completed it is kept, as in transformers.
     streamer: an object with put(ids) / end() (transformers' TextStreamer works) or a callable that
     receives each step's new tokens (B,). use_jit=False runs the step op by op (PyNative).
     """
@@ -285,6 +289,9 @@ def generate(model, input_ids, generation_config: Optional[GenerationConfig] = N
     else:
         mask = np.ones_like(ids)
     _check_left_padded(mask)
+    stop_strings = [config.stop_strings] if isinstance(config.stop_strings, str) else config.stop_strings
+    if stop_strings and tokenizer is None:
+        raise ValueError("stop_strings need the tokenizer to read the generated text: pass tokenizer=")
     batch, prompt_length = ids.shape
     max_new = config.max_new_tokens
     if max_new is None:
@@ -322,6 +329,11 @@ def generate(model, input_ids, generation_config: Optional[GenerationConfig] = N
             streamer.put(new) if hasattr(streamer, "put") else streamer(new)
         if eos:
             unfinished &= ~np.isin(new, eos)
+        if stop_strings:
+            for row in np.flatnonzero(unfinished):
+                text = tokenizer.decode([int(t) for t in out[row, prompt_length:]])
+                if any(stop in text for stop in stop_strings):
+                    unfinished[row] = False
         if not unfinished.any():
             break
         tokens = new[:, None]
