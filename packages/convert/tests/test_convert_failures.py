@@ -197,3 +197,12 @@ def test_existing_dst_is_not_replaced_without_overwrite(single, tmp_path):
     with pytest.raises(FileExistsError):
         convert(single, tmp_path / "out")
     assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+
+
+def test_dst_holding_the_source_is_refused(single, tmp_path):
+    from mfcore import ConfigError
+
+    for dst in (single, tmp_path):
+        with pytest.raises(ConfigError, match="would destroy the source"):
+            convert(single, dst, overwrite=True)
+    assert (single / "model.safetensors").exists()

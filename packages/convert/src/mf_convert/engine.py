@@ -244,8 +244,10 @@ def convert(src, dst, source_format: Optional[str] = None, target_format: str = 
     """Convert the checkpoint at `src` into directory `dst` (written atomically: complete or not at all)."""
     start = time.perf_counter()
     src, dst = Path(src), Path(dst)
-    if dst.resolve() == detect.weight_directory(src).resolve():
-        raise ConfigError("DST", f"{dst} is the source directory; write the conversion somewhere else")
+    source_dir = detect.weight_directory(src).resolve()
+    if source_dir == dst.resolve() or dst.resolve() in source_dir.parents:
+        raise ConfigError("DST", f"{dst} is or holds the source {src}; replacing it would destroy the source, "
+                                 f"write the conversion somewhere else")
     conversion = Conversion(src, source_format, target_format, model_type, dtype, config)
     bar = _progress(conversion.total_bytes, f"{conversion.source_format} -> {target_format}", progress)
     on_tensor = (lambda name, n: bar.update(n)) if bar is not None else None
