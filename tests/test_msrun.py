@@ -47,6 +47,10 @@ def task_yaml(tmp_path: Path, name: str, parallel: bool) -> Path:
 def load(path: Path):
     import mindspore as ms
 
+    from mfcore.runtime import ensure_runtime
+
+    ensure_runtime()  # set MindSpore up as `mfcore run` will in this process
+
     return {k: v.asnumpy() for k, v in ms.load_checkpoint(str(path), format="safetensors").items()}
 
 

@@ -231,8 +231,11 @@ def test_eval_mode_reports_loss_and_perplexity(pretrained, work, capsys):
     assert result["eval_loss"] == pytest.approx(final["eval_loss"], rel=1e-5)
 
 
-def test_a_preset_alone_predicts(work, capsys, tmp_path):
-    _, tokenizer_dir = work
+def test_a_preset_alone_predicts(testdata, capsys, tmp_path):
+    from mf_llama2.tokenization_llama import LlamaTokenizer
+
+    tokenizer_dir = tmp_path / "llama2_tokenizer"  # the released 32000-piece tokenizer the preset's vocab fits
+    LlamaTokenizer(vocab_file=str(testdata / "llama2" / "tokenizer.model")).save_pretrained(tokenizer_dir)
     out = run_cli(["run", "--model", "llama2-tiny", "--predict_data", "Anna saw", "--tokenizer", tokenizer_dir,
                    "--max_new_tokens", "5", "--output_dir", tmp_path], capsys)
     assert out.startswith("Anna saw")

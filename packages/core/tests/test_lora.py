@@ -6,9 +6,15 @@ import pytest
 import mindspore as ms
 from mindspore import Tensor, mint, nn
 
+from mfcore.runtime import ensure_runtime
+
 from mfcore.errors import CheckpointError, ConfigError
 from mfcore.lora import (LoRALinear, LoraConfig, adapter_parameters, inject_lora, load_adapter, merge_lora,
                          save_adapter)
+
+# MindSpore is set up the way mfcore sets it (CPU, PyNative) before any kernel runs, so that tests
+# which later run `mfcore run` in this process find the same runtime.
+ensure_runtime()
 
 
 class Block(nn.Cell):

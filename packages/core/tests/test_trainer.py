@@ -11,12 +11,18 @@ import pytest
 import mindspore as ms
 from mindspore import Parameter, Tensor, mint, nn, ops
 
+from mfcore.runtime import ensure_runtime
+
 from mfcore.errors import CheckpointError, ConfigError
 from mfcore.optim import AdamW, clip_by_global_norm
 from mfcore.schedules import LRSchedule
 from mfcore.trainer import Trainer, TrainingArguments, read_metrics
 
 VOCAB, HIDDEN, SEQ = 24, 16, 12
+
+# MindSpore is set up the way mfcore sets it (CPU, PyNative) before any kernel runs, so that tests
+# which later run `mfcore run` in this process find the same runtime.
+ensure_runtime()
 
 
 class ToyLM(nn.Cell):
