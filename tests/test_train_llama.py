@@ -265,3 +265,27 @@ def test_bfloat16_training_on_cpu_is_refused_by_name(work, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert "model.model_config.compute_dtype: bfloat16 computation is not available on MindSpore's CPU" in err
+
+
+def test_llama3_tiny_examples_pretrain_then_predict(testdata, tmp_path, capsys):
+    """The shipped Llama 3 example tasks run as they are (a few steps), with the released tokenizer."""
+    texts = demo_corpus.documents(30, seed=7)
+    (tmp_path / "corpus.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    assert main(["data", "--format", "jsonl", "--input", str(tmp_path / "corpus.jsonl"), "--tokenizer",
+                 str(testdata / "llama3" / "tokenizer.model"), "--tokenizer-type", "Llama3Tokenizer",
+                 "--seq-length", "16", "--output", str(tmp_path / "l3.mindrecord"), "--quiet"]) == 0
+    out_dir = tmp_path / "l3"
+    run_cli(["run", "--config", EXAMPLES / "llama3-tiny" / "pretrain.yaml", "--train_dataset_dir",
+             tmp_path / "l3.mindrecord", "--output_dir", out_dir, "--batch_size", "2", "--options",
+             "trainer.max_steps=2", "trainer.progress=false", "model.model_config.seq_length=16",
+             f"processor.tokenizer.vocab_file={testdata / 'llama3' / 'tokenizer.model'}"], capsys)
+    config = json.loads((out_dir / "model" / "config.json").read_text())
+    assert (config["vocab_size"], config["theta"], config["n_kv_heads"]) == (128256, 500000.0, 2)
+    assert json.loads((out_dir / "model" / "tokenizer_config.json").read_text())["tokenizer_class"] == \
+        "Llama3Tokenizer"
+    out = run_cli(["run", "--config", EXAMPLES / "llama3-tiny" / "predict.yaml", "--load_checkpoint",
+                   out_dir / "model", "--output_dir", tmp_path / "p", "--max_new_tokens", "3",
+                   "--predict_data", "Emma saw"], capsys)
+    assert out.startswith("Emma saw")
+    result = json.loads((tmp_path / "p" / "predict_results.jsonl").read_text())
+    assert len(result["output_ids"]) == 3

@@ -81,7 +81,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     add(*both_spellings("--do_eval"), type=_bool)
     add(*both_spellings("--output_dir"))
     add(*both_spellings("--seed"), type=int)
-    add(*both_spellings("--resume_training"), nargs="?", const=True, type=_bool_or_path)
+    add(*both_spellings("--resume_training"), "--resume", dest="resume_training", nargs="?", const=True,
+        type=_bool_or_path, help="continue from the newest checkpoint in output_dir (or from the one given)")
     add(*both_spellings("--use_parallel"), type=_bool)
     add(*both_spellings("--epochs"), type=int)
     add(*both_spellings("--batch_size"), type=int)
