@@ -151,3 +151,17 @@ def test_config_from_mindformers_keys_and_errors():
         LoraConfig.from_dict({"rnak": 3})
     with pytest.raises(ConfigError, match="matches no linear layer"):
         inject_lora(seeded_net(), LoraConfig(target_modules=["w_nothing"]))
+
+
+def test_dropout_applies_in_training_only():
+    base = mint.nn.Linear(6, 5)
+    layer = LoRALinear(base, LoraConfig(rank=3, alpha=6, dropout=0.5), np.random.default_rng(0))
+    layer.mindpet_delta_lora_b.set_data(Tensor(np.random.default_rng(2).normal(size=(5, 3)).astype(np.float32)))
+    w, b = base.weight.asnumpy(), base.bias.asnumpy()
+    a, bb = layer.mindpet_delta_lora_a.asnumpy(), layer.mindpet_delta_lora_b.asnumpy()
+    x = X.asnumpy()
+    layer.set_train(False)
+    np.testing.assert_allclose(layer(X).asnumpy(), x @ w.T + b + 2 * (x @ a.T @ bb.T), rtol=1e-5, atol=1e-5)
+    layer.set_train(True)
+    first, second = layer(X).asnumpy(), layer(X).asnumpy()
+    assert not np.array_equal(first, second)  # a new mask each call

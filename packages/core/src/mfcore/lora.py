@@ -94,7 +94,8 @@ class LoRALinear(nn.Cell):
         self.mindpet_delta_lora_b = Parameter(Tensor(np.zeros((out_features, config.rank), np.float32)),
                                               name="mindpet_delta_lora_b")
         self.use_dropout = config.dropout > 0
-        self.dropout = mint.nn.Dropout(p=config.dropout) if self.use_dropout else None
+        # nn.Dropout (not mint.nn.Dropout: its DropoutExt kernel does not exist on CPU)
+        self.dropout = nn.Dropout(p=config.dropout) if self.use_dropout else None
         # The original cell, restored by merge_lora; kept outside MindSpore's cell tracking.
         object.__setattr__(self, "base_cell", base)
 
