@@ -180,3 +180,13 @@ def test_gradients_flow_to_every_parameter(tiny):
     loss, grads = grad_fn(ids)
     assert np.isfinite(loss.asnumpy())
     assert all(np.abs(g.asnumpy()).sum() > 0 for g in grads)
+
+
+def test_auto_from_config_settles_dtypes():
+    config = mfcore.AutoConfig.from_pretrained("llama2-tiny", compute_dtype="bfloat16", param_init_type="bfloat16")
+    with pytest.warns(UserWarning, match="bfloat16 compute does not exist"):
+        model = mfcore.AutoModelForCausalLM.from_config(config)
+    assert model.model.norm_out.weight.dtype == mindspore.bfloat16
+    assert _logits(model, [[1, 2, 3]]).shape == (1, 3, config.vocab_size)
+    half = mfcore.AutoModelForCausalLM.from_config(mfcore.AutoConfig.from_pretrained("llama2-tiny"), dtype="fp16")
+    assert half.model.norm_out.weight.dtype == mindspore.float16

@@ -92,7 +92,10 @@ class AutoModelForCausalLM:
 
     @classmethod
     def from_config(cls, config: PretrainedConfig, **kwargs):
-        return cls.model_class(config.model_type)(config, **kwargs)
+        model_cls = cls.model_class(config.model_type)
+        # PreTrainedModel.from_config also settles dtypes (dtype=, bfloat16 on CPU); plain classes are called.
+        build = getattr(model_cls, "from_config", None)
+        return build(config, **kwargs) if build is not None else model_cls(config, **kwargs)
 
     @classmethod
     def from_pretrained(cls, name_or_path: PathOrName, config: Optional[PretrainedConfig] = None, **kwargs):
