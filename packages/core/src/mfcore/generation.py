@@ -40,7 +40,7 @@ class GenerationConfig:
     pad_token_id: Optional[int] = None
     bos_token_id: Optional[int] = None
     seed: Optional[int] = None
-    use_cache: bool = True
+    use_cache: bool = True  # read from transformers' files; mfcore always decodes with its KV cache
     # Stop a row once the text it generated contains one of these (needs generate(..., tokenizer=)).
     stop_strings: Optional[List[str]] = None
     # keys of a loaded file that we do not use, kept so that saving does not drop them
@@ -260,9 +260,9 @@ def generate(model, input_ids, generation_config: Optional[GenerationConfig] = N
     """Prompt + new tokens as a numpy int64 array (batch, length), as transformers' generate returns.
 
     input_ids: (B, P) array / Tensor, or a list of token lists of different lengths (left-padded here).
-    attention_mask: (B, P), 1 for real tokens; left padding only. Without it, a leading run of pad_token_id is
-    taken as padding. Rows that produced EOS continue with
-    pad_token_id; generation stops when every row has finished or after max_new_tokens.
+    attention_mask: (B, P), 1 for real tokens; left padding only. Without it, a leading run of
+    pad_token_id is taken as padding. Rows that produced EOS continue with pad_token_id; generation
+    stops when every row has finished or after max_new_tokens.
     stop_strings (with tokenizer=, anything with decode(ids)): a row also stops once its new text contains
     one of them; the token that completed it is kept, as in transformers.
     streamer: an object with put(ids) / end() (transformers' TextStreamer works) or a callable that
@@ -316,7 +316,7 @@ def generate(model, input_ids, generation_config: Optional[GenerationConfig] = N
     rng = np.random.default_rng(config.seed)
     unfinished = np.ones(batch, dtype=bool)
     tokens, past = run_ids, 0
-    for index in range(max_new):
+    for _ in range(max_new):
         inputs = model.prepare_inputs_for_generation(tokens, run_mask, cache_length, past)
         logits, *caches = step(Tensor(inputs["input_ids"]), Tensor(inputs["position_ids"]),
                                Tensor(inputs["attention_bias"]), Tensor(inputs["cache_slot"]), *caches)
