@@ -187,3 +187,27 @@ def test_sampling_is_reproducible_with_a_seed(toy):
     first = toy.generate([[1, 2, 3]], seed=11, **kwargs)
     np.testing.assert_array_equal(first, toy.generate([[1, 2, 3]], seed=11, **kwargs))
     assert not np.array_equal(first, expected_generation([[1, 2, 3]], VOCAB, 12))
+
+
+def test_one_bucket_compiles_two_graphs_once(monkeypatch):
+    """Prompts of different lengths in one bucket share the prompt graph and the one-token graph."""
+    api = pytest.importorskip("mindspore.graph.api")
+    executor = getattr(api, "_JitExecutor", None)
+    if executor is None or not hasattr(executor, "compile"):
+        pytest.skip("this MindSpore has no _JitExecutor.compile to observe")
+    phases = []
+    original = executor.compile
+
+    def compile(self, *args, **kwargs):
+        phase = original(self, *args, **kwargs)
+        phases.append(phase)
+        return phase
+
+    monkeypatch.setattr(executor, "compile", compile)
+    toy = ToyCounterLM(ToyConfig(vocab_size=VOCAB))
+    for length, new in ((3, 5), (9, 7), (14, 2)):
+        prompt = [list(range(1, length + 1))]
+        got = toy.generate(prompt, max_new_tokens=new, eos_token_id=None)
+        np.testing.assert_array_equal(got, expected_generation(prompt, VOCAB, new))
+    assert len(phases) == 5 + 7 + 2  # one step per new token
+    assert len(set(phases)) == 2  # compiled: the prompt step and the one-token step, once each
