@@ -124,7 +124,7 @@ def main():
     ratio = best["mfcore"]["tokens_per_s"] / best["torch"]["tokens_per_s"]
     result = {"config": CONFIG, "batch": options.batch, "seq": options.seq, "accumulation": options.accumulation,
               "first_loss": first, "mfcore": best["mfcore"], "torch": best["torch"],
-              "mfcore_vs_torch_tokens_per_s": ratio, "torch": best["torch"],
+              "mfcore_vs_torch_tokens_per_s": ratio,
               "versions": {"torch": torch.__version__, "transformers": transformers.__version__}}
     print(json.dumps(result, indent=2))
     print(f"\n| side | step (ms, median) | tokens/s | first step (s) |\n|---|---:|---:|---:|")
