@@ -392,6 +392,7 @@ def training_arguments(r: TaskReader, spec: TaskSpec):
         weight_decay=r.number("optimizer.weight_decay", 0.0, minimum=0.0), max_grad_norm=max_grad_norm,
         compute_dtype=compute_dtype, loss_scale=loss_scale, save_steps=save_steps, keep_checkpoint_max=keep,
         eval_steps=r.int("eval_step_interval", 0, minimum=0) if spec.do_eval else 0,
+        eval_batch_size=r.int("eval_dataset.batch_size", None, minimum=1),
         logging_steps=logging_steps, shuffle=r.bool("train_dataset.data_loader.shuffle", True), resume=resume,
         jit=r.bool("trainer.jit", True), progress=r.bool("trainer.progress", True),
         stop_at_step=r.int("trainer.stop_at_step", 0, minimum=0))
