@@ -144,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .data import add_data_command  # numpy only; MindSpore is imported when the command runs
 
     add_data_command(sub)
+    from .demo import add_demo_command
+
+    add_demo_command(sub)
 
     get_plugins().add_commands(sub)
     return parser
