@@ -162,6 +162,12 @@ def test_bfloat16_is_storage_on_cpu(tiny, tmp_path):
         np.testing.assert_array_equal(a.astype(mindspore.float32).asnumpy(), b.astype(mindspore.float32).asnumpy())
 
 
+def test_pynative_generation_matches_jit(tiny):
+    prompts = [[5, 9, 2, 7], [3, 1]]
+    kwargs = dict(max_new_tokens=6, eos_token_id=None, pad_token_id=0)
+    np.testing.assert_array_equal(tiny.generate(prompts, use_jit=False, **kwargs), tiny.generate(prompts, **kwargs))
+
+
 def test_construct_compiles_under_jit(tiny):
     ids = Tensor(_ids().astype(np.int32))
     labels = Tensor(_ids(seed=1).astype(np.int32))

@@ -189,15 +189,6 @@ def test_kv_cache_decode_matches_full_recompute(pair):
             fed = tokens[:, past:past + 1]
 
 
-def test_pynative_generation_matches_jit(pair):
-    name, hf, ours = pair
-    if name != "gqa-llama3-scaling":
-        pytest.skip("one config is enough for the op-by-op path (slow)")
-    prompt = np.random.default_rng(7).integers(3, hf.config.vocab_size, (2, 6))
-    np.testing.assert_array_equal(ours.generate(prompt, max_new_tokens=8, eos_token_id=None, use_jit=False),
-                                  ours.generate(prompt, max_new_tokens=8, eos_token_id=None))
-
-
 def test_sharded_hf_directory_loads(tmp_path):
     torch.manual_seed(0)
     hf = transformers.LlamaForCausalLM(hf_config(CONFIGS["gqa-llama3-scaling"])).eval()
