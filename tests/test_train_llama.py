@@ -289,3 +289,16 @@ def test_llama3_tiny_examples_pretrain_then_predict(testdata, tmp_path, capsys):
     assert out.startswith("Emma saw")
     result = json.loads((tmp_path / "p" / "predict_results.jsonl").read_text())
     assert len(result["output_ids"]) == 3
+
+
+def test_batched_predict_equals_one_prompt_at_a_time(pretrained, capsys, tmp_path):
+    prompts = ["Anna saw a red", "The dog"]
+    common = ["run", "--run_mode", "predict", "--load_checkpoint", pretrained / "model", "--max_new_tokens", "6"]
+    out = run_cli(common + ["--predict_data", *prompts, "--predict_batch_size", "2", "--output_dir", tmp_path / "b"],
+                  capsys)
+    batched = [json.loads(x) for x in (tmp_path / "b" / "predict_results.jsonl").read_text().splitlines()]
+    run_cli(common + ["--predict_data", *prompts, "--output_dir", tmp_path / "s"], capsys)
+    single = [json.loads(x) for x in (tmp_path / "s" / "predict_results.jsonl").read_text().splitlines()]
+    assert [r["output_ids"] for r in batched] == [r["output_ids"] for r in single]
+    assert all(0 < len(r["output_ids"]) <= 6 for r in batched)
+    assert out.splitlines()[:2] == [p + r["text"] for p, r in zip(prompts, batched)]

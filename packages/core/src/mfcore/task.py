@@ -33,6 +33,7 @@ KNOWN_TOP_LEVEL = {
     "lr_scale", "lr_scale_factor", "moe_config", "wrapper", "ignore_data_skip", "data_skip_steps",
     "transform_process_num", "remote_save_url", "swap_config", "load_ckpt_format", "use_legacy",
     "merge_lora", "predict_data", "max_new_tokens", "do_sample", "tokenizer", "load_ckpt_async",
+    "predict_batch_size",
     "print_separate_loss", "monitor_config", "tensorboard",
 }
 
@@ -221,6 +222,7 @@ class TaskSpec:
     tokenizer: Optional[str] = None
     tokenizer_spec: Optional[dict] = None
     predict_data: List[str] = field(default_factory=list)
+    predict_batch_size: int = 1
     max_new_tokens: int = 32
     do_sample: bool = False
     merge_lora: bool = False
@@ -308,6 +310,7 @@ def validate_task(task: dict, preset: Optional[str] = None) -> TaskSpec:
         if not all(isinstance(p, str) for p in spec.predict_data):
             raise ConfigError("predict_data", "must be a string or a list of strings")
         spec.max_new_tokens = r.int("max_new_tokens", 32, minimum=1)
+        spec.predict_batch_size = r.int("predict_batch_size", 1, minimum=1)
         spec.do_sample = r.bool("do_sample", False)
     spec.training = training_arguments(r, spec)
     return spec

@@ -244,21 +244,41 @@ class TextStreamer:
         self.stream.flush()
 
 
+def _new_tokens(row, prompt_width: int, model) -> list:
+    """The generated ids of one output row: after the (left-padded) prompt width, up to the first EOS
+    (a finished row is filled with padding while the others go on)."""
+    new = [int(t) for t in row[prompt_width:]]
+    eos = model.generation_config.eos_token_id
+    eos = set(eos if isinstance(eos, (list, tuple)) else [eos])
+    for index, token in enumerate(new):
+        if token in eos:
+            return new[:index + 1]
+    return new
+
+
 def run_predict(spec: TaskSpec) -> int:
     model, source = load_model(spec, allow_random=False)
     tokenizer = load_tokenizer(spec, required=True)
     print(f"model: {source}", file=sys.stderr)
     results = []
-    for prompt in spec.predict_data:
-        ids = tokenizer.encode(prompt)
-        sys.stdout.write(prompt)
-        sys.stdout.flush()
-        streamer = TextStreamer(tokenizer)
-        out = model.generate([ids], max_new_tokens=spec.max_new_tokens, do_sample=spec.do_sample,
+    size = spec.predict_batch_size
+    for begin in range(0, len(spec.predict_data), size):
+        prompts = spec.predict_data[begin:begin + size]
+        rows = [tokenizer.encode(prompt) for prompt in prompts]
+        streamer = None
+        if len(prompts) == 1:  # one prompt: stream its text as it is generated
+            sys.stdout.write(prompts[0])
+            sys.stdout.flush()
+            streamer = TextStreamer(tokenizer)
+        out = model.generate(rows, max_new_tokens=spec.max_new_tokens, do_sample=spec.do_sample,
                              streamer=streamer)
-        new = [int(t) for t in out[0][len(ids):]]
-        results.append({"prompt": prompt, "output_ids": new,
-                        "text": tokenizer.decode(new, skip_special_tokens=True)})
+        width = max(len(ids) for ids in rows)  # generate left-pads prompts to the longest
+        for prompt, row in zip(prompts, out):
+            new = _new_tokens(row, width, model)
+            text = tokenizer.decode(new, skip_special_tokens=True)
+            if streamer is None:
+                print(prompt + text)
+            results.append({"prompt": prompt, "output_ids": new, "text": text})
     atomic_write_text(Path(spec.output_dir) / "predict_results.jsonl",
                       "".join(json.dumps(r) + "\n" for r in results))
     return 0

@@ -336,8 +336,9 @@ class Trainer:
     def _maybe_resume(self) -> int:
         path = ckpt.find_resume_checkpoint(self.args.resume, self.output_dir, self.parallel.rank)
         if path is None:
-            if self.args.resume and self.args.resume is not True:
-                raise CheckpointError(f"--resume_training {self.args.resume}: not found")
+            if self.args.resume and self.parallel.rank == 0:
+                print(f"resume: no checkpoint in {ckpt.rank_dir(self.output_dir, self.parallel.rank)} yet; "
+                      "starting at step 0")
             return 0
         state = ckpt.read_state(path)
         if state.get("global_batch") != self.global_batch:
