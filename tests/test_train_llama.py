@@ -289,6 +289,19 @@ def test_llama3_tiny_examples_pretrain_then_predict(testdata, tmp_path, capsys):
     assert out.startswith("Emma saw")
     result = json.loads((tmp_path / "p" / "predict_results.jsonl").read_text())
     assert len(result["output_ids"]) == 3
+    # chat fine-tune with the Llama 3 template (LoRA with dropout), as examples/llama3-tiny/finetune_chat.yaml
+    chat = [{"messages": [{"role": "user", "content": f"Where is {t}?"}, {"role": "assistant", "content": t}]}
+            for t in texts]
+    (tmp_path / "chat.jsonl").write_text("".join(json.dumps(c) + "\n" for c in chat))
+    assert main(["data", "--format", "chat", "--template", "llama3-chat", "--input", str(tmp_path / "chat.jsonl"),
+                 "--tokenizer", str(out_dir / "model"), "--seq-length", "16", "--output",
+                 str(tmp_path / "chat.mindrecord"), "--quiet"]) == 0
+    run_cli(["run", "--config", EXAMPLES / "llama3-tiny" / "finetune_chat.yaml", "--load_checkpoint", out_dir / "model",
+             "--train_dataset_dir", tmp_path / "chat.mindrecord", "--output_dir", tmp_path / "chat", "--batch_size",
+             "2", "--gradient_accumulation_steps", "1", "--options", "trainer.max_steps=2", "trainer.progress=false"],
+            capsys)
+    assert {p.name for p in (tmp_path / "chat" / "adapter").iterdir()} == {"adapter_config.json",
+                                                                           "adapter_model.safetensors"}
 
 
 def test_batched_predict_equals_one_prompt_at_a_time(pretrained, capsys, tmp_path):
