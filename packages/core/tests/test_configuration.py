@@ -70,3 +70,18 @@ def test_save_and_load_round_trip(tmp_path):
     assert WidgetConfig.from_pretrained(tmp_path / "out") == config
     assert WidgetConfig.from_pretrained(path, hidden_size=16).hidden_size == 16
     assert not list((tmp_path / "out").glob("*.tmp"))  # atomic write left nothing behind
+
+
+def test_accelerator_missing_from_this_build_falls_back_to_cpu_with_a_warning():
+    import subprocess
+    import sys
+
+    code = ("import warnings, mindspore\nfrom mfcore import runtime\n"
+            "with warnings.catch_warnings(record=True) as caught:\n"
+            "    warnings.simplefilter('always')\n"
+            "    info = runtime.setup(device_target='Ascend')\n"
+            "print(info.device_target, any('running on CPU instead' in str(w.message) for w in caught))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if "Ascend" in result.stdout.split()[:1]:
+        pytest.skip("this MindSpore build has Ascend")
+    assert result.stdout.split() == ["CPU", "True"], result.stderr[-2000:]

@@ -117,3 +117,13 @@ def test_round_trip_through_config_json(tmp_path):
 def test_special_token_outside_vocabulary_is_rejected():
     with pytest.raises(ConfigError, match="^bos_token_id: 128000 is outside the vocabulary"):
         mfcore.AutoConfig.from_pretrained("llama3-tiny", vocab_size=640)
+
+
+def test_mindformers_runner_keys_are_accepted_with_their_reason_and_sampling_keys_honoured():
+    with pytest.warns(UserWarning, match=r"accepted without effect here: use_flash_attention \(attention is computed"):
+        config = LlamaConfig.from_dict({"use_flash_attention": True, "do_sample": False, "top_k": 3,
+                                        "max_decode_length": 512})
+    from mfcore.generation import GenerationConfig
+
+    generation = GenerationConfig.from_model_config(config)
+    assert (generation.do_sample, generation.top_k, generation.max_length, generation.max_new_tokens) == (False, 3, 512, None)

@@ -33,6 +33,10 @@ BOOKKEEPING_KEYS = frozenset({
     "torchscript", "is_encoder_decoder", "auto_register", "_attn_implementation_autoset",
 })
 
+# MindFormers keeps sampling settings in model_config; GenerationConfig.from_model_config honours them.
+GENERATION_KEYS = frozenset({"do_sample", "top_k", "top_p", "temperature", "repetition_penalty",
+                             "max_decode_length", "max_new_tokens"})
+
 DTYPE_ALIASES = {"fp32": "float32", "float32": "float32", "float": "float32",
                  "fp16": "float16", "float16": "float16", "half": "float16",
                  "bf16": "bfloat16", "bfloat16": "bfloat16"}
@@ -52,6 +56,8 @@ class PretrainedConfig:
     model_type: str = ""
     # alias -> canonical field name (Hugging Face and MindFormers spellings of the same thing)
     attribute_map: Dict[str, str] = {}
+    # keys other tools write that are understood but change nothing here -> why (kept, warned once)
+    inert_keys: Dict[str, str] = {}
 
     def __init__(self, bos_token_id=None, eos_token_id=None, pad_token_id=None,
                  tie_word_embeddings=False, **kwargs):
@@ -59,7 +65,7 @@ class PretrainedConfig:
         self.eos_token_id = eos_token_id
         self.pad_token_id = pad_token_id
         self.tie_word_embeddings = tie_word_embeddings
-        unknown = []
+        unknown, inert = [], []
         for key, value in kwargs.items():
             if key in self.attribute_map:
                 setattr(self, self.attribute_map[key], value)
@@ -67,11 +73,17 @@ class PretrainedConfig:
                 continue
             else:
                 object.__setattr__(self, key, value)
-                unknown.append(key)
+                if key in self.inert_keys:
+                    inert.append(f"{key} ({self.inert_keys[key]})")
+                elif key not in GENERATION_KEYS:
+                    unknown.append(key)
         if unknown:
             warnings.warn(
                 f"{type(self).__name__}: unknown key(s) {', '.join(sorted(unknown))} kept in the config "
                 f"but not used by the model (check the spelling)", UserWarning, stacklevel=3)
+        if inert:
+            warnings.warn(f"{type(self).__name__}: accepted without effect here: {'; '.join(sorted(inert))}",
+                          UserWarning, stacklevel=3)
         self._unknown_keys = tuple(sorted(unknown))
         self.validate()
 

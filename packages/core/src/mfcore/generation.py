@@ -81,9 +81,15 @@ class GenerationConfig:
 
     @classmethod
     def from_model_config(cls, config) -> "GenerationConfig":
-        return cls(eos_token_id=getattr(config, "eos_token_id", None),
-                   pad_token_id=getattr(config, "pad_token_id", None),
-                   bos_token_id=getattr(config, "bos_token_id", None))
+        """Token ids from the model config, plus the sampling keys MindFormers keeps there."""
+        values = {name: getattr(config, name, None) for name in ("eos_token_id", "pad_token_id", "bos_token_id")}
+        settings = vars(config) if hasattr(config, "__dict__") else {}
+        for name in ("do_sample", "top_k", "top_p", "temperature", "repetition_penalty", "max_new_tokens"):
+            if settings.get(name) is not None:
+                values[name] = settings[name]
+        if settings.get("max_decode_length") and "max_new_tokens" not in settings:
+            values.update(max_length=settings["max_decode_length"], max_new_tokens=None)  # MindFormers: total length
+        return cls(**values)
 
     def to_dict(self) -> Dict[str, Any]:
         data = dict(self.extra)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 from dataclasses import dataclass
 from typing import Optional
 
@@ -63,10 +64,7 @@ def setup(device_target: Optional[str] = None, mode: Optional[str] = None, devic
                               "in the same process (start a new process)")
         mode_name = _normalize_mode(mode) if mode is not None else (_info.mode if _info else "pynative")
         if _info is None or device_id not in (None, _info.device_id):
-            if device_id is None:
-                mindspore.set_device(device)
-            else:
-                mindspore.set_device(device, device_id)
+            device = _set_device(mindspore, device, device_id)
         if _info is None or mode_name != _info.mode:
             mindspore.set_context(mode=mindspore.GRAPH_MODE if mode_name == "graph" else mindspore.PYNATIVE_MODE)
         blocking = bool(_info and _info.launch_blocking)
@@ -80,6 +78,28 @@ def setup(device_target: Optional[str] = None, mode: Optional[str] = None, devic
         _info = RuntimeInfo(device, mode_name, device_id if device_id is not None else
                             (_info.device_id if _info else None), blocking)
         return _info
+
+
+def _set_device(mindspore, device: str, device_id: Optional[int]) -> str:
+    """Select the device; an accelerator this MindSpore build cannot load falls back to CPU, loudly.
+
+    MindFormers task YAMLs say `device_target: Ascend`; running one unchanged on a CPU machine should
+    work (slowly) rather than fail, as long as the user is told.
+    """
+    try:
+        if device_id is None:
+            mindspore.set_device(device)
+        else:
+            mindspore.set_device(device, device_id)
+        return device
+    except RuntimeError as exc:
+        if device == "CPU" or "Unsupported device target" not in str(exc):
+            raise
+        warnings.warn(f"context.device_target: {device} is not available in this MindSpore installation "
+                      f"({str(exc).splitlines()[0]}); running on CPU instead. Install MindSpore for {device} "
+                      f"or set device_target: CPU to silence this.", UserWarning, stacklevel=3)
+        mindspore.set_device("CPU")
+        return "CPU"
 
 
 def ensure_runtime() -> RuntimeInfo:

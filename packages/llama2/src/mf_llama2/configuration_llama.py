@@ -38,6 +38,22 @@ class LlamaConfig(PretrainedConfig):
         "layernorm_compute_dtype": "layernorm_compute_type", "softmax_compute_dtype": "softmax_compute_type",
     }
 
+    # MindFormers LlamaConfig keys that concern Ascend kernels or its own runner, not this network.
+    inert_keys = {
+        "batch_size": "the batch size comes from the task (runner_config.batch_size)",
+        "use_past": "generation always uses a static-shape KV cache",
+        "use_flash_attention": "attention is computed directly; no flash-attention kernel here",
+        "block_size": "paged attention is not used", "num_blocks": "paged attention is not used",
+        "fine_grain_interleave": "Ascend pipeline scheduling", "offset": "pipeline-stage layer offsets",
+        "checkpoint_name_or_path": "weights come from load_checkpoint", "ignore_token_id": "labels ignore -100",
+        "extend_method": "use rope_scaling", "scaling_factor": "use rope_scaling",
+        "use_rope_slice": "an Ascend kernel choice", "use_flash_attention_mask": "an Ascend kernel choice",
+        "is_dynamic": "shapes are bucketed automatically", "parallel_config": "set parallel_config in the task",
+        "qkv_concat": "weights are kept as separate wq/wk/wv (mfcore convert splits fused ones)",
+        "embedding_init_type": "parameters use param_init_type", "pp_interleave_num": "Ascend pipeline scheduling",
+        "auto_map": "remote code is not used",
+    }
+
     def __init__(self, vocab_size=32000, hidden_size=4096, num_layers=32, num_heads=32, n_kv_heads=None,
                  intermediate_size=None, multiple_of=256, ffn_dim_multiplier=None, rms_norm_eps=1e-5,
                  theta=10000.0, rope_scaling=None, seq_length=2048, max_position_embedding=None,
