@@ -7,7 +7,8 @@ import pytest
 
 from mfcore.errors import ConfigError
 from mfcore.generation import (GenerationConfig, apply_repetition_penalty, apply_temperature, apply_top_k,
-                               apply_top_p, bucket_length, left_pad, next_tokens, sample)
+                               apply_top_p, bucket_length, left_pad, next_tokens, sample,
+                               TOKENS_PER_CALL)
 
 from toy_causal_lm import ToyConfig, ToyCounterLM, expected_generation
 
@@ -209,5 +210,25 @@ def test_one_bucket_compiles_two_graphs_once(monkeypatch):
         prompt = [list(range(1, length + 1))]
         got = toy.generate(prompt, max_new_tokens=new, eos_token_id=None)
         np.testing.assert_array_equal(got, expected_generation(prompt, VOCAB, new))
-    assert len(phases) == 5 + 7 + 2  # one step per new token
-    assert len(set(phases)) == 2  # compiled: the prompt step and the one-token step, once each
+    # One prompt call per generate, then greedy decode calls of TOKENS_PER_CALL tokens each.
+    decode_calls = sum(-(-(new - 1) // TOKENS_PER_CALL) for new in (5, 7, 2))
+    assert len(phases) == 3 + decode_calls
+    assert len(set(phases)) == 2  # compiled: the prompt graph and the decode graph, once each
+    phases.clear()
+    toy.generate([[4, 4, 4, 4, 4]], max_new_tokens=9, eos_token_id=None)  # a later call: nothing new
+    assert len(phases) == 1 + 2 and len(set(phases)) == 2
+
+
+@pytest.mark.parametrize("tokens_per_call", [1, 3])
+def test_tokens_per_call_and_host_choice_agree(toy, tokens_per_call):
+    """Greedy chosen in the graph, several steps a call (EOS inside a call), equals the reference; so does
+    the host path (a repetition penalty of 1 + tiny keeps the one-hot argmax, but goes through the host)."""
+    prompts = [[3, 1, 4], [1, 5, 9, 2, 6, 5, 3], [5]]
+    free = expected_generation(prompts, VOCAB, 10)
+    eos = int(free[0, 7 + 4])
+    expected = expected_generation(prompts, VOCAB, 10, eos=eos, pad=0)
+    got = toy.generate(prompts, max_new_tokens=10, eos_token_id=eos, pad_token_id=0,
+                       tokens_per_call=tokens_per_call)
+    np.testing.assert_array_equal(got, expected)
+    host = toy.generate(prompts, max_new_tokens=10, eos_token_id=eos, pad_token_id=0, repetition_penalty=1.0001)
+    np.testing.assert_array_equal(host, expected)

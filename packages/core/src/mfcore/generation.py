@@ -247,7 +247,8 @@ def _check_left_padded(mask: np.ndarray) -> None:
 # -- the loop ---------------------------------------------------------------------------------------
 
 def _step_function(model, use_jit: bool) -> Callable:
-    """The model's cache step, compiled once per model and reused by later generate calls."""
+    """The model's cache step (returns logits), compiled once per model and reused by later generate calls.
+    generate uses it for the prompt and, when the next-token choice needs the host, for every token."""
     steps = model.__dict__.setdefault("_mfcore_generation_steps", {})
     if use_jit not in steps:
         def step(input_ids, position_ids, attention_bias, cache_slot, *caches):
@@ -261,8 +262,45 @@ def _step_function(model, use_jit: bool) -> Callable:
     return steps[use_jit]
 
 
+def _decode_function(model, use_jit: bool, tokens_per_call: int) -> Callable:
+    """`tokens_per_call` greedy decode steps in one graph: forward, argmax, and the next step's inputs.
+
+    Takes and returns the decoder-only inputs of PreTrainedModel.prepare_inputs_for_generation for one
+    token per row: input_ids (B, 1) int32, position_ids (B, 1), attention_bias (B, 1, 1, T) and
+    cache_slot (1, 1, T, 1), then the caches. Returns (chosen ids (tokens_per_call, B) int32, the next
+    call's input_ids, position_ids, attention_bias, cache_slot, *caches): the state stays on the device
+    and the host reads only the chosen ids. Advancing one step: the position grows by one, the slot moves
+    one to the right and becomes visible in the bias (the column of a new token is always real).
+    """
+    functions = model.__dict__.setdefault("_mfcore_decode_functions", {})
+    key = (use_jit, tokens_per_call)
+    if key not in functions:
+        import mindspore
+        from mindspore import mint, ops
+
+        def decode(input_ids, position_ids, attention_bias, cache_slot, *caches):
+            chosen = ()
+            for _ in range(tokens_per_call):
+                logits, *caches = model.forward_with_cache(input_ids, position_ids, attention_bias, cache_slot,
+                                                           *caches)
+                ids = ops.cast(ops.argmax(logits, -1), mindspore.int32)
+                chosen = chosen + (ids,)
+                input_ids = ids.reshape(-1, 1)
+                position_ids = position_ids + 1
+                cache_slot = mint.cat((cache_slot[:, :, -1:], cache_slot[:, :, :-1]), dim=2)  # no Roll on CPU
+                attention_bias = mint.where(cache_slot.reshape(1, 1, 1, -1), 0.0, attention_bias)
+            return (ops.stack(chosen), input_ids, position_ids, attention_bias, cache_slot) + tuple(caches)
+
+        functions[key] = mindspore.jit(decode) if use_jit else decode
+    return functions[key]
+
+
+TOKENS_PER_CALL = 4  # greedy decode steps per compiled call (see benchmarks/RESULTS.md, Generate)
+
+
 def generate(model, input_ids, generation_config: Optional[GenerationConfig] = None, attention_mask=None,
-             streamer=None, use_jit: bool = True, tokenizer=None, **kwargs) -> np.ndarray:
+             streamer=None, use_jit: bool = True, tokenizer=None, tokens_per_call: Optional[int] = None,
+             **kwargs) -> np.ndarray:
     """Prompt + new tokens as a numpy int64 array (batch, length), as transformers' generate returns.
 
     input_ids: (B, P) array / Tensor, or a list of token lists of different lengths (left-padded here).
@@ -273,6 +311,8 @@ def generate(model, input_ids, generation_config: Optional[GenerationConfig] = N
     one of them; the token that completed it is kept, as in transformers.
     streamer: an object with put(ids) / end() (transformers' TextStreamer works) or a callable that
     receives each step's new tokens (B,). use_jit=False runs the step op by op (PyNative).
+    tokens_per_call: greedy decode steps per compiled call (default TOKENS_PER_CALL); the host reads only
+    the chosen ids. Sampling and repetition penalties choose on the host from each step's logits.
     """
     import mindspore
     from mindspore import Tensor
@@ -310,9 +350,14 @@ def generate(model, input_ids, generation_config: Optional[GenerationConfig] = N
             streamer.end()
         return out
 
+    # Greedy without a repetition penalty: the choice runs inside the compiled graph, several tokens a call.
+    in_graph = not config.do_sample and config.repetition_penalty == 1.0
+    per_call = max(1, int(tokens_per_call or TOKENS_PER_CALL)) if in_graph else 1
+
     # Left-pad the prompt to its bucket: extra columns are masked, so results do not change.
     padded_length = bucket_length(prompt_length)
-    cache_length = bucket_length(padded_length + max_new, minimum=32)
+    # Room for every slot written: a call may run up to per_call - 1 steps past the last token kept.
+    cache_length = bucket_length(padded_length + max_new + per_call - 1, minimum=32)
     extra = padded_length - prompt_length
     run_ids = np.concatenate([np.full((batch, extra), pad, dtype=np.int64), ids], axis=1)
     run_mask = np.concatenate([np.zeros((batch, extra), dtype=np.int64), mask], axis=1)
@@ -321,29 +366,53 @@ def generate(model, input_ids, generation_config: Optional[GenerationConfig] = N
     caches = [mindspore.ops.zeros(shape, dtype) for shape, dtype in model.kv_cache_shapes(batch, cache_length)]
     rng = np.random.default_rng(config.seed)
     unfinished = np.ones(batch, dtype=bool)
-    tokens, past = run_ids, 0
-    for _ in range(max_new):
-        inputs = model.prepare_inputs_for_generation(tokens, run_mask, cache_length, past)
-        logits, *caches = step(Tensor(inputs["input_ids"]), Tensor(inputs["position_ids"]),
-                               Tensor(inputs["attention_bias"]), Tensor(inputs["cache_slot"]), *caches)
-        past += tokens.shape[1]
-        scores = logits.asnumpy().astype(np.float32)
-        new = next_tokens(scores, out, config, rng)
+    new_columns = []
+
+    def accept(new) -> bool:
+        """Record one step's tokens (pad for finished rows); False once every row has finished."""
+        nonlocal unfinished
         new = np.where(unfinished, new, pad).astype(np.int64)
-        out = np.concatenate([out, new[:, None]], axis=1)
+        new_columns.append(new)
         if streamer is not None:
             streamer.put(new) if hasattr(streamer, "put") else streamer(new)
         if eos:
             unfinished &= ~np.isin(new, eos)
         if stop_strings:
             for row in np.flatnonzero(unfinished):
-                text = tokenizer.decode([int(t) for t in out[row, prompt_length:]])
+                text = tokenizer.decode([int(t) for t in np.stack(new_columns, axis=1)[row]])
                 if any(stop in text for stop in stop_strings):
                     unfinished[row] = False
-        if not unfinished.any():
-            break
-        tokens = new[:, None]
+        return bool(unfinished.any()) and len(new_columns) < max_new
+
+    # The prompt: one call, logits read back once.
+    inputs = model.prepare_inputs_for_generation(run_ids, run_mask, cache_length, 0)
+    logits, *caches = step(*(Tensor(inputs[k]) for k in ("input_ids", "position_ids", "attention_bias",
+                                                          "cache_slot")), *caches)
+    past = padded_length
+    going = accept(next_tokens(logits.asnumpy().astype(np.float32), out, config, rng))
+    if going:
         run_mask = np.concatenate([run_mask, np.ones((batch, 1), dtype=np.int64)], axis=1)
+        inputs = model.prepare_inputs_for_generation(new_columns[-1][:, None], run_mask, cache_length, past)
+        state = [Tensor(inputs[k]) for k in ("input_ids", "position_ids", "attention_bias", "cache_slot")]
+    if going and in_graph:
+        decode = _decode_function(model, use_jit, per_call)
+        while going:
+            chosen, *state_and_caches = decode(*state, *caches)
+            state, caches = state_and_caches[:4], state_and_caches[4:]
+            for new in chosen.asnumpy():
+                going = accept(new)
+                if not going:
+                    break
+    while going:  # sampling or a repetition penalty: the logits come to the host every token
+        logits, *caches = step(*state, *caches)
+        past += 1
+        seen = np.concatenate([out] + [c[:, None] for c in new_columns], axis=1)
+        going = accept(next_tokens(logits.asnumpy().astype(np.float32), seen, config, rng))
+        if going:
+            run_mask = np.concatenate([run_mask, np.ones((batch, 1), dtype=np.int64)], axis=1)
+            inputs = model.prepare_inputs_for_generation(new_columns[-1][:, None], run_mask, cache_length, past)
+            state = [Tensor(inputs[k]) for k in ("input_ids", "position_ids", "attention_bias", "cache_slot")]
+    out = np.concatenate([out] + [c[:, None] for c in new_columns], axis=1)
     if streamer is not None and hasattr(streamer, "end"):
         streamer.end()
     return out
