@@ -315,3 +315,17 @@ def test_batched_predict_equals_one_prompt_at_a_time(pretrained, capsys, tmp_pat
     assert [r["output_ids"] for r in batched] == [r["output_ids"] for r in single]
     assert all(0 < len(r["output_ids"]) <= 6 for r in batched)
     assert out.splitlines()[:2] == [p + r["text"] for p, r in zip(prompts, batched)]
+
+
+def test_float16_training_with_loss_scaling(pretrained, work, capsys):
+    """compute_dtype float16 (fp32 master weights) trains with dynamic loss scaling; its first loss is the
+    fp32 run's first loss to fp16 precision (same seed, same batch)."""
+    root, _ = work
+    config = pretrain_yaml(root, "fp16")
+    run_cli(["run", "--config", config, "--options", "trainer.max_steps=3", "model.model_config.compute_dtype=float16"],
+            capsys)
+    records = [json.loads(x) for x in (root / "fp16" / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+    assert [r["skipped"] for r in records] == [False, False, False]
+    assert records[0]["loss_scale"] == 65536.0
+    assert records[0]["loss"] == pytest.approx(losses(pretrained)[0], rel=2e-3)
+    assert json.loads((root / "fp16" / "model" / "config.json").read_text())["compute_dtype"] == "float16"
