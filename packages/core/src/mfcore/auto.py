@@ -20,6 +20,25 @@ from .types import Preset
 PathOrName = Union[str, os.PathLike]
 
 
+def models_home() -> Path:
+    """Where converted weights of presets live: $MFCORE_HOME/models (default ~/.mfcore/models)."""
+    return Path(os.environ.get("MFCORE_HOME", "~/.mfcore")).expanduser() / "models"
+
+
+def installed_weights(name: PathOrName) -> Optional[Path]:
+    """$MFCORE_HOME/models/<preset> when `name` is a preset (not a path) whose weights were put there.
+
+    `mfcore convert <hf_dir> ~/.mfcore/models/llama3-8b` once, then `--model llama3-8b` finds them.
+    """
+    if Path(name).exists():
+        return None
+    preset = preset_or_none(str(name))
+    if preset is None:
+        return None
+    directory = models_home() / preset.name
+    return directory if (directory / CONFIG_NAME).exists() else None
+
+
 def preset_or_none(name: str) -> Optional[Preset]:
     presets = get_plugins().presets
     return presets.get(name) if name in presets else None
@@ -99,6 +118,7 @@ class AutoModelForCausalLM:
 
     @classmethod
     def from_pretrained(cls, name_or_path: PathOrName, config: Optional[PretrainedConfig] = None, **kwargs):
+        name_or_path = installed_weights(name_or_path) or name_or_path
         if config is None:
             config = AutoConfig.from_pretrained(name_or_path)
         return cls.model_class(config.model_type).from_pretrained(name_or_path, config=config, **kwargs)
@@ -128,6 +148,9 @@ class AutoTokenizer:
 
     @classmethod
     def from_pretrained(cls, name_or_path: PathOrName, use_fast: Optional[bool] = None, **kwargs):
+        installed = installed_weights(name_or_path)
+        if installed is not None and (installed / "tokenizer_config.json").exists():
+            name_or_path = installed
         path = Path(name_or_path)
         if path.exists():
             directory = path if path.is_dir() else path.parent

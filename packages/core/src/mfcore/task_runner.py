@@ -64,7 +64,10 @@ def build_config(spec: TaskSpec, base_dir: Optional[Path] = None):
 
 def _checkpoint_path(spec: TaskSpec) -> Optional[Path]:
     if not spec.load_checkpoint:
-        return None
+        # a preset's weights converted into $MFCORE_HOME/models/<preset> (see mfcore.auto.installed_weights)
+        from .auto import installed_weights
+
+        return installed_weights(spec.preset) if spec.preset else None
     path = Path(spec.load_checkpoint)
     if not path.exists():
         raise ConfigError("load_checkpoint", f"{path}: no such file or directory")
