@@ -256,9 +256,10 @@ class PreTrainedModel(nn.Cell):
         if not preset.random_init_ok:
             raise CheckpointError(
                 f"preset {preset.name!r} has real dimensions and no bundled weights; mfcore will not allocate "
-                f"random weights for it. Get the weights (e.g. the Hugging Face checkpoint) and either pass that "
-                f"directory to from_pretrained, or convert it first: `mfcore convert <hf_dir> <dir>`, then "
-                f"from_pretrained(<dir>)")
+                f"random weights for it. Get the weights (e.g. the Hugging Face checkpoint) and convert them "
+                f"once: `mfcore convert <hf_dir> $MFCORE_HOME/models/{preset.name}` (MFCORE_HOME defaults to "
+                f"~/.mfcore), after which {preset.name!r} loads them; or pass the directory itself "
+                f"(`--load_checkpoint <dir>`, from_pretrained(<dir>))")
         if config is None:
             config = cls._config_from(preset.name, config_overrides)
         cls.resolve_dtypes(config, dtype)
