@@ -147,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .demo import add_demo_command
 
     add_demo_command(sub)
+    from .chat import add_chat_command
+
+    add_chat_command(sub)
 
     get_plugins().add_commands(sub)
     return parser

@@ -145,6 +145,8 @@ def install_hint(name: str) -> str:
 
 
 def unknown_name_message(what: str, name: str, known: List[str]) -> str:
+    if "/" in name or "\\" in name:  # meant as a path, not a name
+        return f"{name}: no such file or directory (and no {what} has that name)"
     close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
     message = f"unknown {what} {name!r}."
     if close:
