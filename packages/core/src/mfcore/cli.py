@@ -116,6 +116,29 @@ def _bool_or_path(text):
         return text
 
 
+def add_data_command(subparsers) -> None:
+    p = subparsers.add_parser(
+        "data", help="tokenize text / jsonl / wikitext / alpaca / chat data into packed MindRecord sequences")
+    p.add_argument("--format", help="dataset format (see --list): text, jsonl, wikitext, alpaca, chat, ...")
+    p.add_argument("--input", nargs="+", help="input file(s) or glob pattern(s), e.g. 'data/*.jsonl'")
+    p.add_argument("--tokenizer", help="tokenizer preset (llama3-8b) or directory with tokenizer files")
+    p.add_argument("--tokenizer-type", "--tokenizer_type", dest="tokenizer_type",
+                   help="registered tokenizer class for a --tokenizer model file (e.g. LlamaTokenizer)")
+    p.add_argument("--seq-length", "--seq_length", dest="seq_length", type=int, help="tokens per sequence")
+    p.add_argument("--output", help="output file, e.g. train.mindrecord (its index goes to train.mindrecord.db)")
+    p.add_argument("--template", help="chat template for --format chat (default: the tokenizer's own)")
+    p.add_argument("--list", action="store_true", help="list the registered formats and templates")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--stats-json", action="store_true", help="also print the counts as one JSON line")
+    p.set_defaults(func=_run_data)
+
+
+def _run_data(args) -> int:
+    from .data import run_data  # numpy and MindSpore load only when the command runs
+
+    return run_data(args)
+
+
 def cmd_run(args) -> int:
     from .task import run_task  # imported here: it brings MindSpore in
 
@@ -140,8 +163,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run a task: train, finetune, eval or predict (MindFormers flags)")
     add_run_arguments(p)
     p.set_defaults(func=cmd_run)
-
-    from .data import add_data_command  # numpy only; MindSpore is imported when the command runs
 
     add_data_command(sub)
     from .demo import add_demo_command
