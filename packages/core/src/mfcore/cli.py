@@ -91,6 +91,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     add(*both_spellings("--sink_mode"), type=_bool)
     add(*both_spellings("--do_sample"), type=_bool)
     add(*both_spellings("--max_new_tokens"), type=int)
+    add("--temperature", type=float, help="sampling temperature (with --do_sample true)")
+    add(*both_spellings("--top_k"), type=int)
+    add(*both_spellings("--top_p"), type=float)
+    add(*both_spellings("--repetition_penalty"), type=float)
     add(*both_spellings("--tokenizer"), help="tokenizer preset or directory")
     add(*both_spellings("--options"), nargs="+", help="override YAML keys: a.b.c=value")
     # Accepted for compatibility; they concern Ascend clusters and have no effect here.

@@ -33,7 +33,7 @@ KNOWN_TOP_LEVEL = {
     "lr_scale", "lr_scale_factor", "moe_config", "wrapper", "ignore_data_skip", "data_skip_steps",
     "transform_process_num", "remote_save_url", "swap_config", "load_ckpt_format", "use_legacy",
     "merge_lora", "predict_data", "max_new_tokens", "do_sample", "tokenizer", "load_ckpt_async",
-    "predict_batch_size",
+    "predict_batch_size", "temperature", "top_k", "top_p", "repetition_penalty",
     "print_separate_loss", "monitor_config", "tensorboard",
 }
 
@@ -106,7 +106,8 @@ FLAG_PATHS = {
     "sink_mode": "runner_config.sink_mode", "mode": "context.mode", "device_target": "context.device_target",
     "device_id": "context.device_id", "predict_data": "predict_data", "max_new_tokens": "max_new_tokens",
     "do_sample": "do_sample", "tokenizer": "tokenizer", "num_samples": "train_dataset.num_samples",
-    "predict_batch_size": "predict_batch_size",
+    "predict_batch_size": "predict_batch_size", "temperature": "temperature", "top_k": "top_k", "top_p": "top_p",
+    "repetition_penalty": "repetition_penalty",
 }
 
 
@@ -225,6 +226,7 @@ class TaskSpec:
     predict_batch_size: int = 1
     max_new_tokens: int = 32
     do_sample: bool = False
+    generation: Dict[str, Any] = field(default_factory=dict)   # temperature, top_k, top_p, repetition_penalty
     merge_lora: bool = False
     context: Dict[str, Any] = field(default_factory=dict)
     parallel: ParallelSpec = field(default_factory=ParallelSpec)
@@ -310,8 +312,12 @@ def validate_task(task: dict, preset: Optional[str] = None) -> TaskSpec:
         if not all(isinstance(p, str) for p in spec.predict_data):
             raise ConfigError("predict_data", "must be a string or a list of strings")
         spec.max_new_tokens = r.int("max_new_tokens", 32, minimum=1)
-        spec.predict_batch_size = r.int("predict_batch_size", 1, minimum=1)
+        # several prompts run as one left-padded batch (up to 8 at a time) unless told otherwise
+        spec.predict_batch_size = r.int("predict_batch_size", min(len(spec.predict_data), 8), minimum=1)
         spec.do_sample = r.bool("do_sample", False)
+        for key in ("temperature", "top_k", "top_p", "repetition_penalty"):
+            if task.get(key) is not None:
+                spec.generation[key] = task[key]
     spec.training = training_arguments(r, spec)
     return spec
 

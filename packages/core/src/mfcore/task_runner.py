@@ -274,7 +274,7 @@ def run_predict(spec: TaskSpec) -> int:
             sys.stdout.flush()
             streamer = TextStreamer(tokenizer)
         out = model.generate(rows, max_new_tokens=spec.max_new_tokens, do_sample=spec.do_sample,
-                             streamer=streamer)
+                             streamer=streamer, seed=spec.seed, **spec.generation)
         width = max(len(ids) for ids in rows)  # generate left-pads prompts to the longest
         for prompt, row in zip(prompts, out):
             new = _new_tokens(row, width, model)
