@@ -4,12 +4,12 @@
 WeightMap) is imported eagerly; names that need MindSpore (PreTrainedModel, generation, trainer...)
 are imported on first access.
 """
-from importlib import import_module
 
 from .auto import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from .configuration import PretrainedConfig
 from .errors import CheckpointError, ConfigError, DuplicateNameError, MfcoreError, PluginError, UnknownNameError
 from .hookspecs import hookimpl
+from .lazy import lazy_exports
 from .plugins import get_plugins, reset_plugins
 from .types import Preset, WeightMap
 
@@ -24,13 +24,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'mfcore' has no attribute {name!r}")
-    value = getattr(import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, globals(), _LAZY)
 
 
 __all__ = [

@@ -1,5 +1,5 @@
 """mf-llama2: the Llama family for mfcore. Heavy modules (network, tokenizer) load on first access."""
-from importlib import import_module
+from mfcore.lazy import lazy_exports
 
 from .configuration_llama import LlamaConfig
 
@@ -12,11 +12,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'mf_llama2' has no attribute {name!r}")
-    return getattr(import_module(module), name)
+__getattr__ = lazy_exports(__name__, globals(), _LAZY)
 
 
 __all__ = ["LlamaConfig", *_LAZY]

@@ -1,5 +1,5 @@
 """mf-llama3: Llama 3 / 3.1 presets, tokenizer and chat template; the network is mf-llama2's."""
-from importlib import import_module
+from mfcore.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -9,11 +9,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'mf_llama3' has no attribute {name!r}")
-    return getattr(import_module(module), name)
+__getattr__ = lazy_exports(__name__, globals(), _LAZY)
 
 
 __all__ = list(_LAZY)
