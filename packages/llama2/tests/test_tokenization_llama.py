@@ -5,10 +5,11 @@ real Llama 2 tokenizer.model, llama.cpp's expected ids (.out), Meta's chat_compl
 rebuilt here with sentencepiece calls, and transformers for Hugging Face tokenizer.json files.
 """
 import json
-import random
 from pathlib import Path
 
 import pytest
+
+from mfcore import testing
 
 TESTDATA = Path(__file__).resolve().parents[3] / ".." / "shared" / "testdata"
 MODEL = TESTDATA / "llama2" / "tokenizer.model"
@@ -21,26 +22,11 @@ spm = pytest.importorskip("sentencepiece")
 
 
 def vector_texts():
-    texts = INP.read_text(encoding="utf-8").split("\n__ggml_vocab_test__\n")
-    assert texts[-1] == ""
-    return texts[:-1]
+    return [text for text, _ in testing.read_vocab_test_vectors(INP, OUT)]
 
 
 def own_texts():
-    texts = [
-        "", " ", "\n", "\t", "Hello world", " Hello world", "Hello  world", "héllo wörld, naïve café",
-        "日本語のテキスト、中文文本，한국어 텍스트", "Привет, мир! مرحبا بالعالم", "emoji 😀🎉👍🏽 family 👨‍👩‍👧 flag 🇫🇷",
-        "numbers 0 1 12 123 1234 12345 3.14159 -2e10 1,000,000 ½ ⅔", "def f(x):\n\treturn x ** 2  # square\n",
-        "if (a != b) { printf(\"%d\\n\", a); }", "<s> and </s> and <unk> are plain text here",
-        "\u200b zero width \ufeff bom \u00a0 nbsp", "\r\n\r\n windows lines \r\n", "   leading and trailing   ",
-        "a" * 1000, "ab " * 500, "\n" * 50 + "x", "tabs\t\t\tand\t\tmore",
-    ]
-    texts += [" " * n for n in range(1, 40)] + ["x" + " " * n + "y" for n in range(1, 40)]
-    rng = random.Random(1234)
-    alphabet = (" \n\t\u00a0abcdefxyzABC0123456789.,;:!?'\"()[]{}<>/\\-_=+*&^%$#@~`|éüßçñ你好世界日本ひらがな"
-                "カタカナ한국어Привет مرحبا😀🎉👍🏽\u200d\ufeff")
-    texts += ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 80))) for _ in range(400)]
-    return texts
+    return testing.tokenizer_stress_texts(extra=["<s> and </s> and <unk> are plain text here"])
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +51,7 @@ def fast():
 
 def test_llama_cpp_vectors_46_of_46(slow, fast):
     texts = vector_texts()
-    expected = [[int(i) for i in line.split()] for line in OUT.read_text(encoding="utf-8").split("\n")[:len(texts)]]
+    expected = [ids for _, ids in testing.read_vocab_test_vectors(INP, OUT)]
     assert len(texts) == 46
     for tokenizer in (slow, fast):
         got = [tokenizer.encode(t, add_special_tokens=False) for t in texts]

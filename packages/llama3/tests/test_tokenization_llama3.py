@@ -5,10 +5,11 @@ Llama 3's split pattern (what Meta's tokenizer is), llama.cpp's expected ids (.o
 listed in the shared testdata README (made with llama-models' own Tokenizer).
 """
 import json
-import random
 from pathlib import Path
 
 import pytest
+
+from mfcore import testing
 
 TESTDATA = Path(__file__).resolve().parents[3] / ".." / "shared" / "testdata"
 MODEL = TESTDATA / "llama3" / "tokenizer.model"
@@ -28,26 +29,11 @@ README_CHAT_IDS = [128000, 128006, 9125, 128007, 271, 3513, 10015, 13, 128009, 1
 
 
 def vector_texts():
-    texts = INP.read_text(encoding="utf-8").split("\n__ggml_vocab_test__\n")
-    assert texts[-1] == ""
-    return texts[:-1]
+    return [text for text, _ in testing.read_vocab_test_vectors(INP, OUT)]
 
 
 def own_texts():
-    texts = [
-        "", " ", "\n", "\t", "Hello world", " Hello world", "Hello  world", "héllo wörld, naïve café",
-        "日本語のテキスト、中文文本，한국어 텍스트", "Привет, мир! مرحبا بالعالم", "emoji 😀🎉👍🏽 family 👨‍👩‍👧 flag 🇫🇷",
-        "numbers 0 1 12 123 1234 12345 3.14159 -2e10 1,000,000 ½ ⅔", "def f(x):\n\treturn x ** 2  # square\n",
-        "if (a != b) { printf(\"%d\\n\", a); }", "I'm sure you'll see they've said it's 'ours' DON'T",
-        "\u200b zero width \ufeff bom \u00a0 nbsp", "\r\n\r\n windows lines \r\n", "   leading and trailing   ",
-        "a" * 1000, "ab " * 500, "\n" * 50 + "x", "tabs\t\t\tand\t\tmore", "<|begin_of_text|> literal <|eot_id|>",
-    ]
-    texts += [" " * n for n in range(1, 40)] + ["x" + " " * n + "y" for n in range(1, 40)]
-    rng = random.Random(1234)
-    alphabet = (" \n\t\r\u00a0abcdefxyzABC0123456789.,;:!?'\"()[]{}<>/\\-_=+*&^%$#@~`|éüßçñ你好世界日本ひらがな"
-                "カタカナ한국어Привет مرحبا😀🎉👍🏽\u200d\ufeff")
-    texts += ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 80))) for _ in range(400)]
-    return texts
+    return testing.tokenizer_stress_texts(extra=["I'm sure you'll see they've said it's 'ours' DON'T", "<|begin_of_text|> literal <|eot_id|>"], extra_alphabet="\r")
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +66,7 @@ def fast():
 
 def test_llama_cpp_vectors_46_of_46(slow, fast):
     texts = vector_texts()
-    expected = [[int(i) for i in line.split()] for line in OUT.read_text(encoding="utf-8").split("\n")[:len(texts)]]
+    expected = [ids for _, ids in testing.read_vocab_test_vectors(INP, OUT)]
     assert len(texts) == 46
     for tokenizer in (slow, fast):
         got = [tokenizer.encode(t, add_special_tokens=False) for t in texts]

@@ -133,3 +133,44 @@ def check_converter_round_trip(model_type: str, source: str, native_names: Seque
         foreign = weight_map.from_native(name)
         assert foreign is not None, f"{model_type}:{source} has no name for native {name!r}"
         assert weight_map.to_native(foreign) == name, f"{name!r} -> {foreign!r} -> {weight_map.to_native(foreign)!r}"
+
+
+# -- tokenizer test material ---------------------------------------------------------------------
+
+def read_vocab_test_vectors(inp, out) -> list:
+    """(text, ids) pairs from llama.cpp's `ggml-vocab-*.gguf.inp` / `.out` vocabulary test files.
+
+    .inp separates texts with the line `__ggml_vocab_test__` (and ends with one); .out holds one line
+    of space-separated ids per text. Texts are not stripped: several are whitespace only.
+    """
+    texts = Path(inp).read_text(encoding="utf-8").split("\n__ggml_vocab_test__\n")
+    assert texts[-1] == "", f"{inp}: expected a trailing separator"
+    texts = texts[:-1]
+    lines = Path(out).read_text(encoding="utf-8").split("\n")[:len(texts)]
+    return [(text, [int(i) for i in line.split()]) for text, line in zip(texts, lines)]
+
+
+_STRESS_ALPHABET = (" \n\t\u00a0abcdefxyzABC0123456789.,;:!?'\"()[]{}<>/\\-_=+*&^%$#@~`|éüßçñ你好世界日本ひらがな"
+                    "カタカナ한국어Привет مرحبا😀🎉👍🏽\u200d\ufeff")
+
+
+def tokenizer_stress_texts(extra: Sequence[str] = (), extra_alphabet: str = "", random_texts: int = 400,
+                           seed: int = 1234) -> list:
+    """Texts that catch tokenizer mistakes: scripts, emoji (ZWJ, flags, skin tones), numbers, code,
+    whitespace runs of every length up to 39, invisible characters, long runs of one character, and
+    `random_texts` random strings from a mixed alphabet. The same list for the same arguments."""
+    import random
+
+    texts = [
+        "", " ", "\n", "\t", "Hello world", " Hello world", "Hello  world", "héllo wörld, naïve café",
+        "日本語のテキスト、中文文本，한국어 텍스트", "Привет, мир! مرحبا بالعالم", "emoji 😀🎉👍🏽 family 👨‍👩‍👧 flag 🇫🇷",
+        "numbers 0 1 12 123 1234 12345 3.14159 -2e10 1,000,000 ½ ⅔", "def f(x):\n\treturn x ** 2  # square\n",
+        "if (a != b) { printf(\"%d\\n\", a); }", "\u200b zero width \ufeff bom \u00a0 nbsp",
+        "\r\n\r\n windows lines \r\n", "   leading and trailing   ", "a" * 1000, "ab " * 500, "\n" * 50 + "x",
+        "tabs\t\t\tand\t\tmore", *extra,
+    ]
+    texts += [" " * n for n in range(1, 40)] + ["x" + " " * n + "y" for n in range(1, 40)]
+    rng = random.Random(seed)
+    alphabet = _STRESS_ALPHABET + extra_alphabet
+    texts += ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 80))) for _ in range(random_texts)]
+    return texts
