@@ -4,13 +4,14 @@ model dimensions to tiny ones, as the YAML would be edited for a tiny checkpoint
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
 import mfcore
-from conftest import REPO_ROOT
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 EXAMPLES = REPO_ROOT / "examples" / "mindformers"
 
