@@ -1,18 +1,34 @@
-"""Decode speed of mfcore generate (jit and PyNative) against transformers generate, same weights, same run.
+"""Generation speed of mfcore against transformers + torch on this CPU, same weights, same run.
 
-    python benchmarks/generate.py [--new-tokens 64] [--prompt 16] [--batch 1] [--repeats 3] [--skip-pynative]
+    python benchmarks/generate.py [--sizes tiny,small] [--batches 1,8] [--prompt 64] [--new-tokens 32]
+                                  [--repeats 3] [--threads 1,2] [--json FILE]
 
-Builds one small Llama (hidden 256, 4 layers, 8 heads, 4 KV heads, FFN 688, vocab 1000) in transformers
-with random weights, saves it, loads it with mfcore, checks that greedy outputs agree, then times greedy
-decoding. Decode tokens/s = (N - 1) / (time of generate(N new) - time of generate(1 new)), so the
-prompt pass and the first compile are not counted; the best of `--repeats` (engines timed in turn) is
-kept. The machine is noisy: compare numbers from one run only.
+For each size (tiny: hidden 256, 4 layers, vocab 1000; small: hidden 768, 12 layers, 12 heads, FFN 2048,
+vocab 32000, tied embeddings, ~110M parameters) one Llama is built in transformers with random weights,
+saved, and loaded by mfcore. Then, at each batch size, greedy generation of `--new-tokens` tokens after a
+`--prompt`-token prompt is timed for:
+
+- mfcore `generate` (compiled prompt graph, compiled decode graph with the argmax inside);
+- transformers `generate`, attn_implementation "eager" and "sdpa";
+- a hand-written torch loop (sdpa model called with its KV cache, argmax, no generate machinery).
+
+Every engine is timed with a streamer that stamps each new token: prefill tokens/s = batch * prompt /
+(time to the first new token), decode tokens/s = batch * (N - 1) / (time from the first to the last new
+token). Engines take turns inside each repeat (a burst of load from other jobs hits all of them) and the
+best of `--repeats` is kept; torch is timed with each of `--threads` and the faster count is used
+(on a busy 2-core machine its spinning threads can make 1 thread faster than 2). Each side runs in its own
+worker process, driven in turn by this one, with OMP_WAIT_POLICY=PASSIVE: an idle side's OpenMP threads
+must not spin on the 2 cores while the other side is timed (spinning made every side 3-10x slower). Compile time is the first mfcore call minus a warm one.
+Peak RSS is each worker's high-water mark (VmHWM) at the end; the torch worker holds one model and
+switches its attention implementation. The decode bound is memory bandwidth: one decode step reads every parameter once, so
+tokens/s <= batch * copy bandwidth / parameter bytes (copy bandwidth measured here with numpy).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -24,82 +40,261 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 
 import numpy as np
 
-CONFIG = dict(vocab_size=1000, hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=8,
-              num_key_value_heads=4, rope_theta=10000.0, max_position_embeddings=2048, tie_word_embeddings=False)
+SIZES = {
+    "tiny": dict(vocab_size=1000, hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=8,
+                 num_key_value_heads=4, rope_theta=10000.0, max_position_embeddings=2048, tie_word_embeddings=False),
+    "small": dict(vocab_size=32000, hidden_size=768, intermediate_size=2048, num_hidden_layers=12,
+                  num_attention_heads=12, num_key_value_heads=12, rope_theta=10000.0, max_position_embeddings=2048,
+                  tie_word_embeddings=True),
+}
 
 
-def decode_tokens_per_s(engines, new_tokens, repeats):
-    """Decode tokens/s of each engine: (time of N new tokens - time of 1) / (N - 1), best of `repeats`.
+class Stamps:
+    """A streamer (transformers' put/end protocol) that records when each new token arrives."""
 
-    Engines are timed in turn within each repeat, so a burst of load from other processes hits all of
-    them rather than one.
-    """
-    for generate in engines.values():
-        generate(new_tokens)  # warm up: compiles every graph these shapes need
-    best = {name: (float("inf"), float("inf")) for name in engines}
+    def __init__(self):
+        self.times = []
+        self.prompt_seen = False
+        self.start = time.perf_counter()
+
+    def put(self, value):
+        if not self.prompt_seen:  # the first put is the prompt
+            self.prompt_seen = True
+            return
+        self.times.append(time.perf_counter())
+
+    def end(self):
+        pass
+
+
+def copy_bandwidth(megabytes=256, repeats=5):
+    """Bytes per second moved by a large numpy copy (read + write), best of `repeats`."""
+    src = np.ones(megabytes * 2 ** 20 // 4, dtype=np.float32)
+    dst = np.empty_like(src)
+    best = float("inf")
     for _ in range(repeats):
-        for name, generate in engines.items():
-            start = time.perf_counter()
-            generate(new_tokens)
-            full = time.perf_counter() - start
-            start = time.perf_counter()
-            generate(1)
-            first = time.perf_counter() - start
-            best[name] = (min(best[name][0], full), min(best[name][1], first))
-    return {name: (new_tokens - 1) / max(full - first, 1e-9) for name, (full, first) in best.items()}
+        start = time.perf_counter()
+        np.copyto(dst, src)
+        best = min(best, time.perf_counter() - start)
+    return 2 * src.nbytes / best
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--prompt", type=int, default=16)
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--skip-pynative", action="store_true")
-    args = parser.parse_args()
-
+def build(size, directory):
     import torch
     import transformers
 
     torch.manual_seed(0)
-    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**CONFIG)).eval()
-    prompt = np.random.default_rng(0).integers(3, CONFIG["vocab_size"], (args.batch, args.prompt))
-    directory = tempfile.mkdtemp(prefix="mfcore-bench-")
+    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**SIZES[size])).eval()
     hf.save_pretrained(directory)
+    return hf
 
+
+def torch_engines(directory, threads):
+    """name -> function(prompt, new_tokens, streamer) for the torch side (one model, attention switched)."""
+    import torch
+    import transformers
+
+    model = transformers.LlamaForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
+
+    def hf_generate(impl, count):
+        def run(prompt, new_tokens, streamer):
+            torch.set_num_threads(count)
+            model.set_attn_implementation(impl)
+            with torch.inference_mode():
+                ids = torch.tensor(prompt)
+                return model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                                      min_new_tokens=new_tokens, do_sample=False, pad_token_id=0,
+                                      streamer=streamer).numpy()
+        return run
+
+    def hand_loop(count):
+        def run(prompt, new_tokens, streamer):
+            torch.set_num_threads(count)
+            model.set_attn_implementation("sdpa")
+            with torch.inference_mode():
+                ids = torch.tensor(prompt)
+                streamer.put(ids)
+                out = model(ids, use_cache=True)
+                cache, token = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+                tokens = [token]
+                streamer.put(token[:, 0])
+                for _ in range(new_tokens - 1):
+                    out = model(token, past_key_values=cache, use_cache=True)
+                    cache, token = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+                    tokens.append(token)
+                    streamer.put(token[:, 0])
+                return np.concatenate([prompt, torch.cat(tokens, 1).numpy()], axis=1)
+        return run
+
+    engines = {}
+    for count in threads:
+        engines[f"transformers_eager_{count}t"] = hf_generate("eager", count)
+        engines[f"transformers_sdpa_{count}t"] = hf_generate("sdpa", count)
+        engines[f"torch_hand_loop_{count}t"] = hand_loop(count)
+    return engines
+
+
+def mfcore_engines(directory):
     import mfcore
 
     model = mfcore.AutoModelForCausalLM.from_pretrained(directory)
     model.set_train(False)
-    greedy = dict(do_sample=False, eos_token_id=None, pad_token_id=0)
 
-    def ours(use_jit):
-        return lambda n: model.generate(prompt, max_new_tokens=n, use_jit=use_jit, **greedy)
+    def run(prompt, new_tokens, streamer):
+        return model.generate(prompt, max_new_tokens=new_tokens, eos_token_id=None, pad_token_id=0,
+                              do_sample=False, streamer=streamer)
+    return {"mfcore": run}
 
-    def theirs(n, threads=torch.get_num_threads()):
-        torch.set_num_threads(threads)
-        with torch.no_grad():
-            return hf.generate(torch.tensor(prompt), attention_mask=torch.ones(prompt.shape, dtype=torch.long),
-                               max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
 
-    same = bool((ours(True)(args.new_tokens) == theirs(args.new_tokens).numpy()).all())
-    results = {"config": CONFIG, "batch": args.batch, "prompt": args.prompt, "new_tokens": args.new_tokens,
-               "torch_threads": torch.get_num_threads(), "greedy_outputs_equal": same}
-    # torch's threads spin-wait: on a busy 2-core machine one thread can beat two, so time both and
-    # compare against the faster.
-    engines = {"transformers": theirs, "transformers_1_thread": lambda n: theirs(n, threads=1),
-               "mfcore_jit": ours(True)}
-    speeds = decode_tokens_per_s(engines, args.new_tokens, args.repeats)
-    results["transformers_tok_s"] = speeds["transformers"]
-    results["transformers_1_thread_tok_s"] = speeds["transformers_1_thread"]
-    results["mfcore_jit_tok_s"] = speeds["mfcore_jit"]
-    best_reference = max(speeds["transformers"], speeds["transformers_1_thread"])
-    if not args.skip_pynative:  # op by op is slow: fewer tokens, one repeat
-        pynative = decode_tokens_per_s({"pynative": ours(False)}, min(args.new_tokens, 16), 1)["pynative"]
-        results["mfcore_pynative_tok_s"] = pynative
-        results["jit_over_pynative"] = results["mfcore_jit_tok_s"] / pynative
-    results["jit_over_transformers"] = results["mfcore_jit_tok_s"] / best_reference
-    print(json.dumps(results, indent=2))
+def timed(engine, prompt, new_tokens):
+    stamps = Stamps()
+    out = engine(prompt, new_tokens, stamps)
+    batch, length = prompt.shape
+    prefill = stamps.times[0] - stamps.start
+    decode = stamps.times[-1] - stamps.times[0]
+    return out, batch * length / prefill, batch * (new_tokens - 1) / decode
+
+
+def peak_rss_mb():
+    with open("/proc/self/status") as status:  # VmHWM: this process's peak resident set (reset by exec)
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def worker(side, directory, threads):
+    """A side's process: reads one JSON request a line (engine, prompt, new tokens, first?), answers one."""
+    engines = mfcore_engines(directory) if side == "mfcore" else torch_engines(directory, threads)
+    print(json.dumps({"engines": list(engines)}), flush=True)
+    for line in sys.stdin:
+        request = json.loads(line)
+        if request.get("quit"):
+            print(json.dumps({"peak_rss_mb": peak_rss_mb()}), flush=True)
+            return
+        prompt = np.asarray(request["prompt"], dtype=np.int64)
+        start = time.perf_counter()
+        out, prefill, decode = timed(engines[request["engine"]], prompt, request["new_tokens"])
+        print(json.dumps({"out": out.tolist(), "seconds": time.perf_counter() - start, "prefill": prefill,
+                          "decode": decode}), flush=True)
+
+
+class Side:
+    """A worker process of one side."""
+
+    def __init__(self, side, directory, threads):
+        command = [sys.executable, os.path.abspath(__file__), "--worker", side, directory,
+                   ",".join(map(str, threads))]
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                        env=dict(os.environ, PYTHONWARNINGS="ignore", OMP_WAIT_POLICY="PASSIVE"))
+        self.engines = self._read()["engines"]
+
+    def _read(self):
+        while True:
+            line = self.process.stdout.readline()
+            if not line:
+                raise RuntimeError("a benchmark worker died; run it alone to see its error")
+            if line.startswith("{"):
+                return json.loads(line)
+
+    def run(self, engine, prompt, new_tokens):
+        self.process.stdin.write(json.dumps({"engine": engine, "prompt": prompt.tolist(),
+                                             "new_tokens": new_tokens}) + "\n")
+        self.process.stdin.flush()
+        return self._read()
+
+    def close(self):
+        self.process.stdin.write(json.dumps({"quit": True}) + "\n")
+        self.process.stdin.flush()
+        answer = self._read()
+        self.process.wait()
+        return answer["peak_rss_mb"]
+
+
+def bench_size(size, args, bandwidth):
+    directory = tempfile.mkdtemp(prefix=f"mfcore-bench-{size}-")
+    hf = build(size, directory)
+    parameter_bytes = sum(p.numel() * p.element_size() for p in hf.parameters())
+    del hf
+    sides = {"mfcore": Side("mfcore", directory, args.threads), "torch": Side("torch", directory, args.threads)}
+    owner = {engine: side for side in sides.values() for engine in side.engines}
+    result = {"size": size, "config": SIZES[size], "parameters": parameter_bytes // 4,
+              "parameter_mb": parameter_bytes / 2 ** 20, "batches": {}}
+    for batch in args.batches:
+        prompt = np.random.default_rng(batch).integers(3, SIZES[size]["vocab_size"], (batch, args.prompt))
+        first = owner["mfcore"].run("mfcore", prompt, args.new_tokens)
+        warm = owner["mfcore"].run("mfcore", prompt, args.new_tokens)
+        compile_s = first["seconds"] - warm["seconds"]
+        reference = np.asarray(warm["out"])
+        outputs_equal = {}
+        for name in owner:  # warm up; greedy outputs should agree with ours
+            if name != "mfcore":
+                outputs_equal[name] = bool((np.asarray(owner[name].run(name, prompt, args.new_tokens)["out"])
+                                            == reference).all())
+        best = {name: [0.0, 0.0] for name in owner}
+        for _ in range(args.repeats):
+            for name, side in owner.items():
+                answer = side.run(name, prompt, args.new_tokens)
+                best[name] = [max(best[name][0], answer["prefill"]), max(best[name][1], answer["decode"])]
+        row = {"compile_s": compile_s, "greedy_equal_to_mfcore": outputs_equal, "tokens_per_s": best}
+        for kind in ("transformers_eager", "transformers_sdpa", "torch_hand_loop"):
+            faster = max((f"{kind}_{t}t" for t in args.threads), key=lambda n: best[n][1])
+            row[f"vs_{kind}"] = {"threads": faster.rsplit("_", 1)[1],
+                                 "prefill_ratio": best["mfcore"][0] / best[faster][0],
+                                 "decode_ratio": best["mfcore"][1] / best[faster][1]}
+        bound = batch * bandwidth / parameter_bytes
+        row["decode_bound_tok_s"] = bound
+        row["mfcore_decode_of_bound"] = best["mfcore"][1] / bound
+        result["batches"][batch] = row
+        print(json.dumps({size: {batch: row}}), flush=True)
+    result["peak_rss_mb"] = {name: side.close() for name, side in sides.items()}
+    return result
+
+
+def table(results):
+    lines = ["| size | batch | vs | prefill ratio | decode ratio | mfcore prefill / decode tok/s | ref prefill / "
+             "decode tok/s |", "|---|---:|---|---:|---:|---:|---:|"]
+    for result in results:
+        for batch, row in result["batches"].items():
+            ours = row["tokens_per_s"]["mfcore"]
+            for kind in ("transformers_eager", "transformers_sdpa", "torch_hand_loop"):
+                vs = row[f"vs_{kind}"]
+                ref = row["tokens_per_s"][f"{kind}_{vs['threads']}"]
+                lines.append(f"| {result['size']} | {batch} | {kind} ({vs['threads']}) | {vs['prefill_ratio']:.2f} | "
+                             f"{vs['decode_ratio']:.2f} | {ours[0]:.0f} / {ours[1]:.0f} | {ref[0]:.0f} / {ref[1]:.0f} |")
+    return "\n".join(lines)
+
+
+def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        side, directory, threads = sys.argv[2:5]
+        return worker(side, directory, [int(t) for t in threads.split(",")])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="tiny,small")
+    parser.add_argument("--batches", default="1,8")
+    parser.add_argument("--prompt", type=int, default=64)
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", default="1,2", help="torch thread counts to try; the faster is compared")
+    parser.add_argument("--json", help="also write every figure to this file")
+    args = parser.parse_args()
+    args.batches = [int(b) for b in args.batches.split(",")]
+    args.threads = [int(t) for t in args.threads.split(",")]
+    bandwidth = copy_bandwidth()
+    results = [bench_size(size, args, bandwidth) for size in args.sizes.split(",")]
+    summary = {"copy_bandwidth_gb_s": bandwidth / 1e9, "results": results}
+    print(json.dumps(summary, indent=1))
+    print(table(results))
+    for result in results:
+        for batch, row in result["batches"].items():
+            print(f"{result['size']} batch {batch}: compile {row['compile_s']:.2f} s; decode bound "
+                  f"{row['decode_bound_tok_s']:.0f} tok/s ({result['parameter_mb']:.0f} MB of parameters at "
+                  f"{bandwidth / 1e9:.1f} GB/s), mfcore at {100 * row['mfcore_decode_of_bound']:.0f}% of it")
+        print(f"{result['size']} peak RSS (MB): {result['peak_rss_mb']}")
+    if args.json:
+        from mfcore.atomic import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(summary, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -4,11 +4,22 @@ The model side is a small protocol (see PreTrainedModel): `kv_cache_shapes`, `fo
 `prepare_inputs_for_generation`. The loop here is model-agnostic and keeps the token logic in numpy
 (pure functions below, each matching the transformers logits processor of the same name).
 
-Speed on MindSpore: `forward_with_cache` runs under `mindspore.jit` by default. The KV cache has a
-static shape (batch, kv heads, cache length, head dim), written at the current slot, with an additive
-mask; prompt and cache lengths are rounded up to buckets, so one generate call compiles at most two
-graphs (prompt, then one-token step) and later calls of the same bucket compile nothing. Cache
-tensors travel as separate arguments (a tuple argument would recompile every step).
+Speed on MindSpore: the model runs under `mindspore.jit` by default. The KV cache has a static shape
+(batch, kv heads, cache length, head dim), written at the current slot, with an additive mask; prompt and
+cache lengths are rounded up to buckets. One generate call runs two compiled graphs: the prompt graph
+(the model's `forward_with_cache`, logits read back once) and the decode graph (`_decode_function`):
+TOKENS_PER_CALL greedy steps of forward -> argmax -> next step's inputs, so the host reads only the chosen
+ids (tokens_per_call of them per row) and the decode state (ids, positions, bias, slot, caches) stays in
+device tensors between calls. Both graphs are kept on the model and reused by later calls of the same
+bucket, which compile nothing. Cache tensors travel as separate arguments (a tuple argument would
+recompile every step).
+
+Sampling and repetition penalties choose on the host, one compiled step a token, from the logits: the
+processors here are tested against transformers' own (float64 softmax, its sort order), and a draw comes
+from numpy's `default_rng(seed)`, so `seed=` reproduces a sampled generation exactly. Moving them into
+the graph would need sort/cumsum/top-k kernels on CPU that we have not verified (Roll and StackExt are
+missing) and float32 draws that no longer match the host reference; greedy, the common fast path, is
+in the graph.
 """
 from __future__ import annotations
 
