@@ -219,6 +219,19 @@ def test_one_bucket_compiles_two_graphs_once(monkeypatch):
     assert len(phases) == 1 + 2 and len(set(phases)) == 2
 
 
+@pytest.mark.parametrize("top_k", [0, 4])
+def test_sampling_in_the_graph_equals_the_host_choice(toy, top_k):
+    """Sampling inside the decode graph (3 steps a call) draws what the host path draws from the same seed."""
+    kwargs = dict(max_new_tokens=16, do_sample=True, temperature=3.0, top_k=top_k, eos_token_id=None,
+                  pad_token_id=0)
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8]]
+    host = toy.generate(prompts, seed=5, choice_in_graph=False, **kwargs)
+    graph = toy.generate(prompts, seed=5, tokens_per_call=3, **kwargs)
+    np.testing.assert_array_equal(graph, host)
+    assert not np.array_equal(host, expected_generation(prompts, VOCAB, 16))  # it did sample
+    assert not np.array_equal(host, toy.generate(prompts, seed=6, choice_in_graph=False, **kwargs))
+
+
 @pytest.mark.parametrize("tokens_per_call", [1, 3])
 def test_tokens_per_call_and_host_choice_agree(toy, tokens_per_call):
     """Greedy chosen in the graph, several steps a call (EOS inside a call), equals the reference; so does

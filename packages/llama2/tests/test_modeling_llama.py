@@ -168,6 +168,19 @@ def test_pynative_generation_matches_jit(tiny):
     np.testing.assert_array_equal(tiny.generate(prompts, use_jit=False, **kwargs), tiny.generate(prompts, **kwargs))
 
 
+def test_sampling_in_the_decode_graph_equals_the_host_choice(tiny):
+    """Temperature + top-k sampling inside the compiled decode graph picks what the host's numpy sampler
+    (tested against transformers' warpers) picks from the same seed; top-k really filters here."""
+    prompts = [[5, 9, 2, 7], [3, 1]]
+    kwargs = dict(max_new_tokens=12, do_sample=True, temperature=0.8, top_k=5, eos_token_id=None, pad_token_id=0)
+    host = tiny.generate(prompts, seed=3, choice_in_graph=False, **kwargs)
+    np.testing.assert_array_equal(tiny.generate(prompts, seed=3, **kwargs), host)
+    unfiltered = dict(kwargs, top_k=0)
+    np.testing.assert_array_equal(tiny.generate(prompts, seed=3, **unfiltered),
+                                  tiny.generate(prompts, seed=3, choice_in_graph=False, **unfiltered))
+    assert not np.array_equal(host, tiny.generate(prompts, seed=3, **unfiltered))  # top-k changed the draws' picks
+
+
 def test_construct_compiles_under_jit(tiny):
     ids = Tensor(_ids().astype(np.int32))
     labels = Tensor(_ids(seed=1).astype(np.int32))

@@ -14,12 +14,14 @@ device tensors between calls. Both graphs are kept on the model and reused by la
 bucket, which compile nothing. Cache tensors travel as separate arguments (a tuple argument would
 recompile every step).
 
-Sampling and repetition penalties choose on the host, one compiled step a token, from the logits: the
-processors here are tested against transformers' own (float64 softmax, its sort order), and a draw comes
-from numpy's `default_rng(seed)`, so `seed=` reproduces a sampled generation exactly. Moving them into
-the graph would need sort/cumsum/top-k kernels on CPU that we have not verified (Roll and StackExt are
-missing) and float32 draws that no longer match the host reference; greedy, the common fast path, is
-in the graph.
+Sampling with temperature and top-k runs in the decode graph too: the host draws the uniform numbers
+from numpy's `default_rng(seed)` (the same draws, in the same order, as the host path) and passes them
+in, the graph takes the inverse CDF of the softmax at them. So `seed=` reproduces a sampled generation,
+and the graph's choice is the host reference's computed in float32 (a test compares the two). Top-p and
+repetition penalties choose on the host, one compiled step a token, from the logits: top-p sorts the
+vocabulary (a sort and scatter in the graph on every token, not verified on CPU, where kernels such as
+Roll and StackExt are missing), a penalty needs every token so far; their host functions are tested
+against transformers' own.
 """
 from __future__ import annotations
 
@@ -273,8 +275,8 @@ def _step_function(model, use_jit: bool) -> Callable:
     return steps[use_jit]
 
 
-def _decode_function(model, use_jit: bool, tokens_per_call: int) -> Callable:
-    """`tokens_per_call` greedy decode steps in one graph: forward, argmax, and the next step's inputs.
+def _decode_function(model, use_jit: bool, tokens_per_call: int, sampling: Optional[tuple] = None) -> Callable:
+    """`tokens_per_call` decode steps in one graph: forward, the next-token choice, the next step's inputs.
 
     Takes and returns the decoder-only inputs of PreTrainedModel.prepare_inputs_for_generation for one
     token per row: input_ids (B, 1) int32, position_ids (B, 1), attention_bias (B, 1, 1, T) and
@@ -282,19 +284,38 @@ def _decode_function(model, use_jit: bool, tokens_per_call: int) -> Callable:
     call's input_ids, position_ids, attention_bias, cache_slot, *caches): the state stays on the device
     and the host reads only the chosen ids. Advancing one step: the position grows by one, the slot moves
     one to the right and becomes visible in the bias (the column of a new token is always real).
+
+    sampling=None chooses by argmax. sampling=(temperature, top_k) samples instead, as `next_tokens` does
+    without top-p: scores / temperature, top-k filter (ties with the k-th kept), then the inverse CDF of
+    the softmax at a uniform draw. The draws (tokens_per_call, B, 1) float32 come after cache_slot as an
+    argument: the host draws them from its seeded numpy generator, so `seed=` reproduces a generation,
+    with the same draws in the same order as the host path (computed here in float32, not float64).
     """
     functions = model.__dict__.setdefault("_mfcore_decode_functions", {})
-    key = (use_jit, tokens_per_call)
+    key = (use_jit, tokens_per_call, sampling)
     if key not in functions:
         import mindspore
         from mindspore import mint, ops
 
-        def decode(input_ids, position_ids, attention_bias, cache_slot, *caches):
+        def choose(logits, draw):
+            if sampling is None:
+                return ops.cast(ops.argmax(logits, -1), mindspore.int32)
+            temperature, top_k = sampling
+            scores = logits if temperature == 1.0 else logits / temperature
+            vocab = scores.shape[-1]
+            if top_k and top_k < vocab:
+                kth = ops.topk(scores, top_k)[0][:, -1:]
+                scores = mint.where(scores < kth, float("-inf"), scores)
+            cumulative = ops.cumsum(mint.softmax(scores, -1), -1)
+            below = ops.cast(cumulative <= draw * cumulative[:, -1:], mindspore.int32)
+            return ops.minimum(below.sum(-1), vocab - 1)
+
+        def advance(input_ids, position_ids, attention_bias, cache_slot, draws, caches):
             chosen = ()
-            for _ in range(tokens_per_call):
+            for step in range(tokens_per_call):
                 logits, *caches = model.forward_with_cache(input_ids, position_ids, attention_bias, cache_slot,
                                                            *caches)
-                ids = ops.cast(ops.argmax(logits, -1), mindspore.int32)
+                ids = choose(logits, None if draws is None else draws[step])
                 chosen = chosen + (ids,)
                 input_ids = ids.reshape(-1, 1)
                 position_ids = position_ids + 1
@@ -302,16 +323,23 @@ def _decode_function(model, use_jit: bool, tokens_per_call: int) -> Callable:
                 attention_bias = mint.where(cache_slot.reshape(1, 1, 1, -1), 0.0, attention_bias)
             return (ops.stack(chosen), input_ids, position_ids, attention_bias, cache_slot) + tuple(caches)
 
+        if sampling is None:
+            def decode(input_ids, position_ids, attention_bias, cache_slot, *caches):
+                return advance(input_ids, position_ids, attention_bias, cache_slot, None, caches)
+        else:
+            def decode(input_ids, position_ids, attention_bias, cache_slot, draws, *caches):
+                return advance(input_ids, position_ids, attention_bias, cache_slot, draws, caches)
+
         functions[key] = mindspore.jit(decode) if use_jit else decode
     return functions[key]
 
 
-TOKENS_PER_CALL = 4  # greedy decode steps per compiled call (see benchmarks/RESULTS.md, Generate)
+TOKENS_PER_CALL = 4  # decode steps per compiled call (see benchmarks/RESULTS.md, Generate)
 
 
 def generate(model, input_ids, generation_config: Optional[GenerationConfig] = None, attention_mask=None,
              streamer=None, use_jit: bool = True, tokenizer=None, tokens_per_call: Optional[int] = None,
-             **kwargs) -> np.ndarray:
+             choice_in_graph: bool = True, **kwargs) -> np.ndarray:
     """Prompt + new tokens as a numpy int64 array (batch, length), as transformers' generate returns.
 
     input_ids: (B, P) array / Tensor, or a list of token lists of different lengths (left-padded here).
@@ -322,8 +350,9 @@ def generate(model, input_ids, generation_config: Optional[GenerationConfig] = N
     one of them; the token that completed it is kept, as in transformers.
     streamer: an object with put(ids) / end() (transformers' TextStreamer works) or a callable that
     receives each step's new tokens (B,). use_jit=False runs the step op by op (PyNative).
-    tokens_per_call: greedy decode steps per compiled call (default TOKENS_PER_CALL); the host reads only
-    the chosen ids. Sampling and repetition penalties choose on the host from each step's logits.
+    tokens_per_call: decode steps per compiled call (default TOKENS_PER_CALL); the host reads only the
+    chosen ids. Greedy and sampling (temperature, top-k) choose inside the graph; top-p < 1 and repetition
+    penalties choose on the host from each step's logits, as does choice_in_graph=False.
     """
     import mindspore
     from mindspore import Tensor
@@ -361,9 +390,11 @@ def generate(model, input_ids, generation_config: Optional[GenerationConfig] = N
             streamer.end()
         return out
 
-    # Greedy without a repetition penalty: the choice runs inside the compiled graph, several tokens a call.
-    in_graph = not config.do_sample and config.repetition_penalty == 1.0
+    # The choice runs inside the compiled graph, several tokens a call, unless it needs the host (a repetition
+    # penalty looks at every token so far; top-p sorts the vocabulary) or the caller asks for the host.
+    in_graph = choice_in_graph and config.repetition_penalty == 1.0 and (not config.do_sample or config.top_p >= 1.0)
     per_call = max(1, int(tokens_per_call or TOKENS_PER_CALL)) if in_graph else 1
+    sampling = (float(config.temperature), int(config.top_k or 0)) if config.do_sample else None
 
     # Left-pad the prompt to its bucket: extra columns are masked, so results do not change.
     padded_length = bucket_length(prompt_length)
@@ -406,15 +437,18 @@ def generate(model, input_ids, generation_config: Optional[GenerationConfig] = N
         inputs = model.prepare_inputs_for_generation(new_columns[-1][:, None], run_mask, cache_length, past)
         state = [Tensor(inputs[k]) for k in ("input_ids", "position_ids", "attention_bias", "cache_slot")]
     if going and in_graph:
-        decode = _decode_function(model, use_jit, per_call)
+        decode = _decode_function(model, use_jit, per_call, sampling)
         while going:
-            chosen, *state_and_caches = decode(*state, *caches)
+            # Sampling: the uniform draws of the next per_call steps, from the seeded generator, in the order
+            # the host path draws them (rng.random(batch) a step).
+            draws = [Tensor(rng.random((per_call, batch, 1)).astype(np.float32))] if sampling else []
+            chosen, *state_and_caches = decode(*state, *draws, *caches)
             state, caches = state_and_caches[:4], state_and_caches[4:]
             for new in chosen.asnumpy():
                 going = accept(new)
                 if not going:
                     break
-    while going:  # sampling or a repetition penalty: the logits come to the host every token
+    while going:  # top-p or a repetition penalty: the logits come to the host every token
         logits, *caches = step(*state, *caches)
         past += 1
         seen = np.concatenate([out] + [c[:, None] for c in new_columns], axis=1)
