@@ -174,3 +174,13 @@ def tokenizer_stress_texts(extra: Sequence[str] = (), extra_alphabet: str = "", 
     alphabet = _STRESS_ALPHABET + extra_alphabet
     texts += ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 80))) for _ in range(random_texts)]
     return texts
+
+
+def check_vocab_test_vectors(tokenizers: Sequence, inp, out) -> int:
+    """Every tokenizer encodes every text of a llama.cpp vector file to its expected ids; returns the count."""
+    pairs = read_vocab_test_vectors(inp, out)
+    for tokenizer in tokenizers:
+        wrong = [(text, ids) for text, ids in pairs if tokenizer.encode(text, add_special_tokens=False) != ids]
+        assert not wrong, (f"{type(tokenizer).__name__}: {len(pairs) - len(wrong)}/{len(pairs)} texts of {inp} "
+                           f"match; first mismatch {wrong[0][0]!r}")
+    return len(pairs)
