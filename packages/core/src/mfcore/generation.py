@@ -334,6 +334,17 @@ def _decode_function(model, use_jit: bool, tokens_per_call: int, sampling: Optio
     return functions[key]
 
 
+def _zeros(shape, dtype):
+    """A zero cache tensor: from numpy for float32/16 (~20x cheaper than an op launch per cache tensor)."""
+    import mindspore
+    from mindspore import Tensor
+
+    numpy_type = {mindspore.float32: np.float32, mindspore.float16: np.float16}.get(dtype)
+    if numpy_type is None:
+        return mindspore.ops.zeros(shape, dtype)
+    return Tensor.from_numpy(np.zeros(shape, numpy_type))
+
+
 TOKENS_PER_CALL = 4  # decode steps per compiled call (see benchmarks/RESULTS.md, Generate)
 
 
@@ -405,7 +416,7 @@ def generate(model, input_ids, generation_config: Optional[GenerationConfig] = N
     run_mask = np.concatenate([np.zeros((batch, extra), dtype=np.int64), mask], axis=1)
 
     step = _step_function(model, use_jit)
-    caches = [mindspore.ops.zeros(shape, dtype) for shape, dtype in model.kv_cache_shapes(batch, cache_length)]
+    caches = [_zeros(shape, dtype) for shape, dtype in model.kv_cache_shapes(batch, cache_length)]
     rng = np.random.default_rng(config.seed)
     unfinished = np.ones(batch, dtype=bool)
     new_columns = []
