@@ -217,6 +217,10 @@ def test_one_bucket_compiles_two_graphs_once(monkeypatch):
     phases.clear()
     toy.generate([[4, 4, 4, 4, 4]], max_new_tokens=9, eos_token_id=None)  # a later call: nothing new
     assert len(phases) == 1 + 2 and len(set(phases)) == 2
+    # Sampling adds one decode graph (top-k is part of it); a new temperature or seed compiles nothing.
+    for temperature, seed in ((2.0, 1), (0.5, 2), (0.5, 3)):
+        toy.generate([[4, 4, 4]], max_new_tokens=5, do_sample=True, temperature=temperature, top_k=0, seed=seed)
+    assert len(set(phases)) == 3
 
 
 @pytest.mark.parametrize("top_k", [0, 4])
@@ -230,6 +234,10 @@ def test_sampling_in_the_graph_equals_the_host_choice(toy, top_k):
     np.testing.assert_array_equal(graph, host)
     assert not np.array_equal(host, expected_generation(prompts, VOCAB, 16))  # it did sample
     assert not np.array_equal(host, toy.generate(prompts, seed=6, choice_in_graph=False, **kwargs))
+    # Another temperature is an argument of the same decode graph: equal to the host again.
+    cooler = dict(kwargs, temperature=0.5)
+    np.testing.assert_array_equal(toy.generate(prompts, seed=5, tokens_per_call=3, **cooler),
+                                  toy.generate(prompts, seed=5, choice_in_graph=False, **cooler))
 
 
 @pytest.mark.parametrize("tokens_per_call", [1, 3])

@@ -285,11 +285,12 @@ def _decode_function(model, use_jit: bool, tokens_per_call: int, sampling: Optio
     and the host reads only the chosen ids. Advancing one step: the position grows by one, the slot moves
     one to the right and becomes visible in the bias (the column of a new token is always real).
 
-    sampling=None chooses by argmax. sampling=(temperature, top_k) samples instead, as `next_tokens` does
-    without top-p: scores / temperature, top-k filter (ties with the k-th kept), then the inverse CDF of
-    the softmax at a uniform draw. The draws (tokens_per_call, B, 1) float32 come after cache_slot as an
-    argument: the host draws them from its seeded numpy generator, so `seed=` reproduces a generation,
-    with the same draws in the same order as the host path (computed here in float32, not float64).
+    sampling=None chooses by argmax. sampling=(top_k,) samples instead, as `next_tokens` does without
+    top-p: scores / temperature, top-k filter (ties with the k-th kept), then the inverse CDF of the
+    softmax at a uniform draw. After cache_slot come two more arguments: temperature (1, 1) float32 (an
+    argument, so a new temperature compiles nothing) and the draws (tokens_per_call, B, 1) float32, which
+    the host takes from its seeded numpy generator: `seed=` reproduces a generation, with the same draws
+    in the same order as the host path (the choice computed here in float32, not float64).
     """
     functions = model.__dict__.setdefault("_mfcore_decode_functions", {})
     key = (use_jit, tokens_per_call, sampling)
@@ -297,11 +298,11 @@ def _decode_function(model, use_jit: bool, tokens_per_call: int, sampling: Optio
         import mindspore
         from mindspore import mint, ops
 
-        def choose(logits, draw):
+        def choose(logits, temperature, draw):
             if sampling is None:
                 return ops.cast(ops.argmax(logits, -1), mindspore.int32)
-            temperature, top_k = sampling
-            scores = logits if temperature == 1.0 else logits / temperature
+            (top_k,) = sampling
+            scores = logits / temperature
             vocab = scores.shape[-1]
             if top_k and top_k < vocab:
                 kth = ops.topk(scores, top_k)[0][:, -1:]
@@ -310,12 +311,12 @@ def _decode_function(model, use_jit: bool, tokens_per_call: int, sampling: Optio
             below = ops.cast(cumulative <= draw * cumulative[:, -1:], mindspore.int32)
             return ops.minimum(below.sum(-1), vocab - 1)
 
-        def advance(input_ids, position_ids, attention_bias, cache_slot, draws, caches):
+        def advance(input_ids, position_ids, attention_bias, cache_slot, temperature, draws, caches):
             chosen = ()
             for step in range(tokens_per_call):
                 logits, *caches = model.forward_with_cache(input_ids, position_ids, attention_bias, cache_slot,
                                                            *caches)
-                ids = choose(logits, None if draws is None else draws[step])
+                ids = choose(logits, temperature, None if draws is None else draws[step])
                 chosen = chosen + (ids,)
                 input_ids = ids.reshape(-1, 1)
                 position_ids = position_ids + 1
@@ -325,10 +326,10 @@ def _decode_function(model, use_jit: bool, tokens_per_call: int, sampling: Optio
 
         if sampling is None:
             def decode(input_ids, position_ids, attention_bias, cache_slot, *caches):
-                return advance(input_ids, position_ids, attention_bias, cache_slot, None, caches)
+                return advance(input_ids, position_ids, attention_bias, cache_slot, None, None, caches)
         else:
-            def decode(input_ids, position_ids, attention_bias, cache_slot, draws, *caches):
-                return advance(input_ids, position_ids, attention_bias, cache_slot, draws, caches)
+            def decode(input_ids, position_ids, attention_bias, cache_slot, temperature, draws, *caches):
+                return advance(input_ids, position_ids, attention_bias, cache_slot, temperature, draws, caches)
 
         functions[key] = mindspore.jit(decode) if use_jit else decode
     return functions[key]
@@ -405,7 +406,7 @@ def generate(model, input_ids, generation_config: Optional[GenerationConfig] = N
     # penalty looks at every token so far; top-p sorts the vocabulary) or the caller asks for the host.
     in_graph = choice_in_graph and config.repetition_penalty == 1.0 and (not config.do_sample or config.top_p >= 1.0)
     per_call = max(1, int(tokens_per_call or TOKENS_PER_CALL)) if in_graph else 1
-    sampling = (float(config.temperature), int(config.top_k or 0)) if config.do_sample else None
+    sampling = (int(config.top_k or 0),) if config.do_sample else None
 
     # Left-pad the prompt to its bucket: extra columns are masked, so results do not change.
     padded_length = bucket_length(prompt_length)
@@ -452,7 +453,8 @@ def generate(model, input_ids, generation_config: Optional[GenerationConfig] = N
         while going:
             # Sampling: the uniform draws of the next per_call steps, from the seeded generator, in the order
             # the host path draws them (rng.random(batch) a step).
-            draws = [Tensor(rng.random((per_call, batch, 1)).astype(np.float32))] if sampling else []
+            draws = [Tensor(np.full((1, 1), config.temperature, dtype=np.float32)),
+                     Tensor(rng.random((per_call, batch, 1)).astype(np.float32))] if sampling else []
             chosen, *state_and_caches = decode(*state, *draws, *caches)
             state, caches = state_and_caches[:4], state_and_caches[4:]
             for new in chosen.asnumpy():
