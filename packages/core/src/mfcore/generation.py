@@ -361,7 +361,8 @@ def generate(model, input_ids, generation_config: Optional[GenerationConfig] = N
     stop_strings (with tokenizer=, anything with decode(ids)): a row also stops once its new text contains
     one of them; the token that completed it is kept, as in transformers.
     streamer: an object with put(ids) / end() (transformers' TextStreamer works) or a callable that
-    receives each step's new tokens (B,). use_jit=False runs the step op by op (PyNative).
+    receives each step's new tokens (B,); with the choice in the graph they arrive tokens_per_call at a time.
+    use_jit=False runs the steps op by op (PyNative).
     tokens_per_call: decode steps per compiled call (default TOKENS_PER_CALL); the host reads only the
     chosen ids. Greedy and sampling (temperature, top-k) choose inside the graph; top-p < 1 and repetition
     penalties choose on the host from each step's logits, as does choice_in_graph=False.
