@@ -115,7 +115,7 @@ def data_path_rate(trainer, batches, workdir):
             steps * trainer.global_batch / batch_s, "rows": len(ids)}
 
 
-def mfcore_side(weights, batches, steps, workdir):
+def mfcore_side(weights, batches, steps, workdir, cpu_threads=0):
     import mindspore as ms
     from mindspore import Tensor
 
@@ -128,7 +128,7 @@ def mfcore_side(weights, batches, steps, workdir):
     accumulation, batch = batches[0][0].shape[:2]
     args = TrainingArguments(output_dir=workdir, batch_size=batch, gradient_accumulation_steps=accumulation,
                              learning_rate=LR, beta1=BETAS[0], beta2=BETAS[1], eps=EPS, weight_decay=WD,
-                             max_grad_norm=CLIP, progress=False, shuffle=True)
+                             max_grad_norm=CLIP, progress=False, shuffle=True, cpu_threads=cpu_threads)
     trainer = Trainer(model, args)
     step_fn = trainer._build_train_step()  # the function Trainer.train runs each step
     times, losses = [], []
@@ -149,7 +149,7 @@ def child(options):
         if options.side == "torch":
             out = torch_side(options.weights, batches, options.total_steps)
         else:
-            out = mfcore_side(options.weights, batches, options.total_steps, tmp)
+            out = mfcore_side(options.weights, batches, options.total_steps, tmp, options.mindspore_threads)
     out["peak_rss_mb"] = peak_rss_mb()
     print("RESULT " + json.dumps(out))
 
@@ -157,7 +157,7 @@ def child(options):
 def run_child(side, size, weights, total_steps, options):
     cmd = [sys.executable, os.path.abspath(__file__), "--child", side, "--size", size, "--weights", weights,
            "--total-steps", str(total_steps), "--batch", str(options.batch), "--seq", str(options.seq),
-           "--accumulation", str(options.accumulation)]
+           "--accumulation", str(options.accumulation), "--mindspore-threads", str(options.mindspore_threads)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -228,6 +228,8 @@ def main():
     parser.add_argument("--steps", type=int, default=10, help="timed steps per round (tiny; small uses 3)")
     parser.add_argument("--accumulation", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3, help="rounds (tiny; small uses 2)")
+    parser.add_argument("--mindspore-threads", type=int, default=0,
+                        help="TrainingArguments.cpu_threads for mfcore (0: MindSpore's default pool)")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--child", choices=("mfcore", "torch"), help=argparse.SUPPRESS)
     parser.add_argument("--size", choices=tuple(SIZES), help=argparse.SUPPRESS)
@@ -253,7 +255,8 @@ def main():
         results.append(result)
         print(json.dumps(result, indent=2), flush=True)
     print(f"\nMindSpore {mindspore.__version__}, torch {torch.__version__}, transformers {transformers.__version__}, "
-          f"{os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+          f"{os.cpu_count()} CPUs, mfcore cpu_threads={options.mindspore_threads or 'default'}, "
+          f"torch threads {torch.get_num_threads()}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     for result in results:
         report(result)
     if options.json:

@@ -218,6 +218,11 @@ def test_bfloat16_on_cpu_is_refused_clearly(tmp_path):
         Trainer(ToyLM(), args_for(tmp_path, compute_dtype="bfloat16"), toy_data())
 
 
+def test_negative_cpu_threads_are_refused(tmp_path):
+    with pytest.raises(ConfigError, match="cpu_threads"):
+        Trainer(ToyLM(), args_for(tmp_path, cpu_threads=-1), toy_data())
+
+
 def test_too_little_data_for_one_batch(tmp_path):
     with pytest.raises(ConfigError, match="fewer than one global batch"):
         Trainer(ToyLM(), args_for(tmp_path, batch_size=64), toy_data()).train()

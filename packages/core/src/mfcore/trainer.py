@@ -61,13 +61,14 @@ class TrainingArguments:
     jit: bool = True
     progress: bool = True
     stop_at_step: int = 0                # stop after this step without a final save (tests of resume)
+    cpu_threads: int = 0                 # MindSpore CPU kernel threads, per process (0: MindSpore's default)
 
     def validate(self) -> None:
         for name in ("epochs", "batch_size", "gradient_accumulation_steps", "logging_steps"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(name, f"must be a positive integer, got {value!r}")
-        for name in ("max_steps", "save_steps", "eval_steps", "keep_checkpoint_max", "stop_at_step"):
+        for name in ("max_steps", "save_steps", "eval_steps", "keep_checkpoint_max", "stop_at_step", "cpu_threads"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(name, f"must be an integer >= 0, got {value!r}")
@@ -94,6 +95,18 @@ def check_compute_dtype(dtype: str) -> None:
                           "bfloat16 checkpoints still load: weights are upcast.")
 
 
+def set_cpu_threads(threads: int) -> None:
+    """MindSpore's CPU kernel thread count (process-wide, settable once). On a small machine shared with
+    other jobs, one thread gives steady steps where the default pool's steps sometimes take 3-4x longer
+    (benchmarks/RESULTS.md, "Train")."""
+    if not threads or ms.get_context("device_target") != "CPU":
+        return
+    try:
+        ms.device_context.cpu.op_tuning.threads_num(threads)
+    except RuntimeError:
+        pass  # already set in this process (an earlier Trainer): MindSpore keeps the first value
+
+
 class Trainer:
     """`Trainer(model, args, train_data, eval_data).train()`; data are {"input_ids", "labels"} arrays."""
 
@@ -102,6 +115,7 @@ class Trainer:
                  save_model: Optional[Callable[[nn.Cell, Path], None]] = None):
         args.validate()
         check_compute_dtype(args.compute_dtype)
+        set_cpu_threads(args.cpu_threads)
         self.model = model
         self.args = args
         self.train_data = train_data
