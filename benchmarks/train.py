@@ -1,6 +1,7 @@
 """Training-step throughput of mfcore's Trainer against transformers + torch, same config, same run.
 
     python benchmarks/train.py [--sizes tiny,small] [--batch 4] [--seq 128] [--steps 10] [--repeats 3]
+                               [--mindspore-threads N]
 
 Two Llama sizes: tiny (hidden 256, 4 layers, 8 heads, 4 KV heads, FFN 688, vocab 1000; MINDSPORE-CPU.md's
 config) and small (hidden 768, 12 layers, 12 heads, 4 KV heads, FFN 1536, vocab 32000: ~110 M
@@ -12,7 +13,8 @@ loaded into mfcore) and see the same batches; the first losses are printed side 
 
 Each side of each round runs in its own process (so peak RSS is that side's alone), the sides taking
 turns; a round reports the median step over `--steps` steps after the warm-up steps, and the best
-round is kept (the machine is shared and noisy: compare numbers from one run only). mfcore's first
+round is kept (the machine is shared and noisy: compare numbers from one run only).
+`--mindspore-threads` sets the Trainer's `cpu_threads` (MindSpore's CPU kernel threads) for mfcore. mfcore's first
 step includes compiling the graph: "compile" is that first step minus the median step.
 
 The data path is measured in the mfcore process: the training batches written to a MindRecord file
