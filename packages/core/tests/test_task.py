@@ -148,3 +148,16 @@ def test_examples_exist():
     names = {f"{p.parent.name}/{p.name}" for p in EXAMPLES.glob("llama*-tiny/*.yaml")}
     assert {"llama2-tiny/pretrain.yaml", "llama2-tiny/finetune_alpaca.yaml", "llama2-tiny/predict.yaml",
             "llama3-tiny/pretrain.yaml", "llama3-tiny/finetune_alpaca.yaml", "llama3-tiny/predict.yaml"} <= names
+
+
+def test_context_runtime_num_threads_sets_the_trainer_cpu_threads(tmp_path):
+    from mfcore.task import validate_task
+
+    task = {"run_mode": "train", "context": {"runtime_num_threads": 1},
+            "model": {"model_config": {"type": "LlamaConfig", "hidden_size": 64, "num_layers": 1, "num_heads": 4,
+                                       "vocab_size": 128, "seq_length": 16}},
+            "train_dataset": {"data_loader": {"dataset_dir": str(tmp_path / "x.mindrecord")}}}
+    assert validate_task(task).training.cpu_threads == 1
+    task["context"]["runtime_num_threads"] = -2
+    with pytest.raises(ConfigError, match="^context.runtime_num_threads"):
+        validate_task(task)

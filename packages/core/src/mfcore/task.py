@@ -404,7 +404,9 @@ def training_arguments(r: TaskReader, spec: TaskSpec):
         eval_batch_size=r.int("eval_dataset.batch_size", None, minimum=1),
         logging_steps=logging_steps, shuffle=r.bool("train_dataset.data_loader.shuffle", True), resume=resume,
         jit=r.bool("trainer.jit", True), progress=r.bool("trainer.progress", True),
-        stop_at_step=r.int("trainer.stop_at_step", 0, minimum=0))
+        stop_at_step=r.int("trainer.stop_at_step", 0, minimum=0),
+        # MindFormers' context.runtime_num_threads: MindSpore's CPU kernel threads (0: its default)
+        cpu_threads=r.int("context.runtime_num_threads", 0, minimum=0))
 
 
 def _int_in(mapping: dict, key: str, where: str, default):
