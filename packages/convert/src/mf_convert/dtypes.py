@@ -8,13 +8,10 @@ from __future__ import annotations
 import numpy as np
 
 from mfcore import ConfigError
+# the storage table and bf16 widening are core's (model loading reads the same files)
+from mfcore.safetensors_reader import ITEMSIZE, STORAGE, bf16_to_f32, storage_dtype  # noqa: F401
 
-# safetensors dtype name -> numpy storage dtype (BF16 stored as its uint16 bit pattern).
-STORAGE = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16,
-           "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
-           "BOOL": np.bool_}
 FLOATS = ("F64", "F32", "F16", "BF16")
-ITEMSIZE = {name: np.dtype(dt).itemsize for name, dt in STORAGE.items()}
 # --dtype spellings -> safetensors names
 CLI_DTYPES = {"fp32": "F32", "float32": "F32", "fp16": "F16", "float16": "F16", "bf16": "BF16",
               "bfloat16": "BF16"}
@@ -27,17 +24,6 @@ def parse_dtype(text: str) -> str:
         return CLI_DTYPES[str(text).lower()]
     except KeyError:
         raise ConfigError("--dtype", f"unknown dtype {text!r}; use fp32, fp16 or bf16") from None
-
-
-def storage_dtype(name: str) -> np.dtype:
-    try:
-        return np.dtype(STORAGE[name])
-    except KeyError:
-        raise ValueError(f"unsupported tensor dtype {name!r}; supported: {', '.join(STORAGE)}") from None
-
-
-def bf16_to_f32(bits: np.ndarray) -> np.ndarray:
-    return (bits.astype(np.uint32) << 16).view(np.float32)
 
 
 def f32_to_bf16(values: np.ndarray) -> np.ndarray:

@@ -31,14 +31,15 @@ def atomic_write_text(path: PathLike, text: str) -> None:
 
 
 @contextmanager
-def atomic_path(path: PathLike) -> Iterator[Path]:
+def atomic_path(path: PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary file path beside `path`; on success it is renamed to `path`, else removed.
 
-    For writers that insist on a file name (mindspore.save_checkpoint, MindRecord, safetensors).
+    For writers that insist on a file name (mindspore.save_checkpoint, MindRecord, safetensors);
+    `suffix` is appended for writers that also insist on the file's extension.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)

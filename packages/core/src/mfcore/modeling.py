@@ -14,8 +14,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import struct
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
@@ -24,10 +22,12 @@ import numpy as np
 import mindspore
 from mindspore import Tensor, nn
 
+from .atomic import atomic_path
 from .configuration import PretrainedConfig, normalize_dtype
 from .errors import CheckpointError, ConfigError
 from .generation import GENERATION_CONFIG_NAME, GenerationConfig, generate as _generate
 from .runtime import ensure_runtime, supports_compute_dtype
+from .safetensors_reader import SafetensorsFile, bf16_to_f32
 
 WEIGHTS_NAME = "mindspore_model.safetensors"
 WEIGHTS_INDEX_NAME = "mindspore_model.safetensors.index.json"
@@ -37,9 +37,6 @@ HF_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 DEFAULT_MAX_SHARD_SIZE = "5GB"
 
 MS_DTYPES = {"float32": mindspore.float32, "float16": mindspore.float16, "bfloat16": mindspore.bfloat16}
-# safetensors dtype tags -> numpy dtypes (BF16 is read as raw uint16 bits and widened exactly).
-_ST_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16, "I64": np.int64,
-              "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
 
 PathLike = Union[str, os.PathLike]
 # Training state that MindFormers (and MindSpore optimizers) store beside the weights; not parameters.
@@ -91,35 +88,15 @@ def find_weight_files(directory: Path) -> List[Path]:
                           f"`mfcore convert`, or save a model there with save_pretrained")
 
 
-def _safetensors_header(path: Path) -> Tuple[dict, int]:
-    with open(path, "rb") as handle:
-        raw = handle.read(8)
-        if len(raw) != 8:
-            raise CheckpointError(f"{path}: truncated safetensors file (no header)")
-        (length,) = struct.unpack("<Q", raw)
-        try:
-            header = json.loads(handle.read(length))
-        except ValueError as exc:
-            raise CheckpointError(f"{path}: corrupt safetensors header ({exc})") from exc
-    header.pop("__metadata__", None)
-    return header, 8 + length
-
-
 def read_safetensors(path: Path) -> Iterable[Tuple[str, Tensor]]:
     """Yield (name, MindSpore tensor) one tensor at a time; bfloat16 stays bfloat16, exactly."""
-    header, start = _safetensors_header(path)
-    data = np.memmap(path, dtype=np.uint8, mode="r")
-    for name, info in header.items():
-        tag = info["dtype"]
-        if tag not in _ST_DTYPES:
-            raise CheckpointError(f"{path}: tensor {name!r} has dtype {tag}, which mfcore cannot read")
-        begin, end = info["data_offsets"]
-        array = np.frombuffer(data[start + begin:start + end], dtype=_ST_DTYPES[tag]).reshape(info["shape"])
-        if tag == "BF16":  # bf16 bits are the top half of a float32: widen, then cast back (exact)
-            widened = (array.astype(np.uint32) << 16).view(np.float32)
-            yield name, Tensor(widened).astype(mindspore.bfloat16)
+    file = SafetensorsFile(path)
+    for name in file.names():
+        array = file.read(name)
+        if file.dtype(name) == "BF16":  # widen the raw bits to float32 (exact), then cast back
+            yield name, Tensor(bf16_to_f32(array)).astype(mindspore.bfloat16)
         else:
-            yield name, Tensor(np.array(array))
+            yield name, Tensor(array)
 
 
 def _load_ckpt(file: Path) -> dict:
@@ -134,7 +111,8 @@ def checkpoint_shapes(files: Sequence[Path]) -> List[Tuple[str, Tuple[int, ...]]
     shapes: List[Tuple[str, Tuple[int, ...]]] = []
     for file in files:
         if file.suffix == ".safetensors":
-            shapes.extend((name, tuple(info["shape"])) for name, info in _safetensors_header(file)[0].items())
+            header = SafetensorsFile(file)
+            shapes.extend((name, header.shape(name)) for name in header.names())
         elif file.suffix == ".ckpt":
             shapes.extend((name, tuple(value.shape)) for name, value in _load_ckpt(file).items())
         else:
@@ -159,16 +137,8 @@ def _name_list(names: Sequence[str], limit: int = 12) -> str:
 
 def _save_tensors(items: List[Tuple[str, Tensor]], path: Path, fmt: str) -> None:
     """Write one MindSpore checkpoint file atomically (MindSpore insists on the file's suffix)."""
-    suffix = ".safetensors" if fmt == "safetensors" else ".ckpt"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
-    os.close(fd)
-    try:
-        mindspore.save_checkpoint([{"name": n, "data": t} for n, t in items], tmp, format=fmt)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path, suffix=".safetensors" if fmt == "safetensors" else ".ckpt") as tmp:
+        mindspore.save_checkpoint([{"name": n, "data": t} for n, t in items], str(tmp), format=fmt)
 
 
 def _nbytes(tensor) -> int:
