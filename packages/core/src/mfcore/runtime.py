@@ -6,6 +6,9 @@ is a no-op; MindSpore cannot change its device once chosen, so asking for anothe
 
 On CPU in PyNative mode MindSpore launches kernels asynchronously, and on a few cores that is 10x
 slower than running them one after the other (see MINDSPORE-CPU.md), so we switch launch blocking on.
+Compiled graphs on CPU run host-blocking (`MS_DEV_HOST_BLOCKING_RUN=1`, unless the environment already
+sets it): otherwise MindSpore's actor thread spins beside the kernel threads and, on a few cores, a
+training step takes 1.5-3x longer and varies 2x from step to step (benchmarks/RESULTS.md, "Train").
 """
 from __future__ import annotations
 
@@ -67,6 +70,8 @@ def setup(device_target: Optional[str] = None, mode: Optional[str] = None, devic
             device = _set_device(mindspore, device, device_id)
         if _info is None or mode_name != _info.mode:
             mindspore.set_context(mode=mindspore.GRAPH_MODE if mode_name == "graph" else mindspore.PYNATIVE_MODE)
+        if device == "CPU":
+            run_graphs_host_blocking()
         blocking = bool(_info and _info.launch_blocking)
         if device == "CPU" and mode_name == "pynative" and not blocking:
             import mindspore.runtime
@@ -78,6 +83,13 @@ def setup(device_target: Optional[str] = None, mode: Optional[str] = None, devic
         _info = RuntimeInfo(device, mode_name, device_id if device_id is not None else
                             (_info.device_id if _info else None), blocking)
         return _info
+
+
+def run_graphs_host_blocking() -> None:
+    """Compiled graphs run on the calling thread (CPU; see the module docstring). MindSpore reads the
+    variable when it compiles a graph, so this must come before the first jit call; a value already in
+    the environment (e.g. MS_DEV_HOST_BLOCKING_RUN=0) wins."""
+    os.environ.setdefault("MS_DEV_HOST_BLOCKING_RUN", "1")
 
 
 def _set_device(mindspore, device: str, device_id: Optional[int]) -> str:
