@@ -26,6 +26,7 @@ import mindspore
 from mindspore import Parameter, Tensor, mint, nn, ops
 from mindspore.common.initializer import Normal, One, Zero, initializer
 
+from mfcore.cpu_gemv import gemv_op
 from mfcore.modeling import MS_DTYPES, PreTrainedModel
 
 from .configuration_llama import LlamaConfig
@@ -74,6 +75,20 @@ def _cast(x, dtype):
 
 # -- layers ---------------------------------------------------------------------------------------
 
+def decode_gemv(compute_dtype):
+    """mfcore's CPU matrix-vector kernel for float32 decode steps, or None (then MatMul); see mfcore.cpu_gemv."""
+    return gemv_op() if compute_dtype == mindspore.float32 else None
+
+
+def linear(x, weight, bias=None, gemv=None):
+    """x W^T (+ b). A single row (x (1, K): the decode step at batch 1, forward only) goes to `gemv` when
+    there is one: MindSpore's CPU MatMul is slow on that shape, while at batch 8 MatMul is the faster
+    (benchmarks/RESULTS.md, "Generate"). Decided while the graph is traced, from static shapes."""
+    if gemv is not None and x.ndim == 2 and x.shape[0] == 1 and bias is None:
+        return gemv(x, weight)
+    return mint.nn.functional.linear(x, weight, bias)
+
+
 class LlamaLinear(nn.Cell):
     """y = x W^T (+ b). Weights are stored in the param dtype and used in the compute dtype."""
 
@@ -84,10 +99,11 @@ class LlamaLinear(nn.Cell):
         self.weight = Parameter(initializer(weight_init, (out_features, in_features), param_dtype), name="weight")
         self.bias = Parameter(initializer(Zero(), (out_features,), param_dtype), name="bias") if has_bias else None
         self.compute_dtype = compute_dtype
+        self.gemv = decode_gemv(compute_dtype)
 
     def construct(self, x):
         bias = None if self.bias is None else _cast(self.bias, self.compute_dtype)
-        return mint.nn.functional.linear(x, _cast(self.weight, self.compute_dtype), bias)
+        return linear(x, _cast(self.weight, self.compute_dtype), bias, self.gemv)
 
 
 class LlamaEmbedding(nn.Cell):
@@ -295,6 +311,7 @@ class LlamaForCausalLM(PreTrainedModel):
         self.kv_dtype = compute_dtype
         self.tie_word_embeddings = bool(config.tie_word_embeddings)
         self.model = LlamaModel(config, param_dtype, compute_dtype, init_weights)
+        self.tied_head_gemv = decode_gemv(compute_dtype) if self.tie_word_embeddings else None
         if self.tie_word_embeddings:
             self.lm_head = None
             self.ignored_checkpoint_names = ("lm_head.weight",)  # Hugging Face may save the tied copy
@@ -308,7 +325,7 @@ class LlamaForCausalLM(PreTrainedModel):
         hidden = self.model.norm_out(hidden)
         if self.lm_head is None:
             weight = _cast(self.model.tok_embeddings.embedding_weight, self.compute_type)
-            logits = mint.nn.functional.linear(hidden, weight)
+            logits = linear(hidden, weight, gemv=self.tied_head_gemv)
         else:
             logits = self.lm_head(hidden)
         return _cast(logits, mindspore.float32)
