@@ -5,6 +5,14 @@ WeightMap) is imported eagerly; names that need MindSpore (PreTrainedModel, gene
 are imported on first access.
 """
 
+import os
+
+# MindSpore's CPU kernels run OpenMP regions (libgomp, loaded by `import mindspore`). Busy-waiting OpenMP
+# threads hold the cores the next kernels need: on 2 cores decode is ~20% faster with passive waiting
+# (benchmarks/RESULTS.md, "Generate"). libgomp reads the variable once, when it loads, so it is set here,
+# before mfcore imports mindspore; a value already in the environment wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from .auto import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from .configuration import PretrainedConfig
 from .errors import CheckpointError, ConfigError, DuplicateNameError, MfcoreError, PluginError, UnknownNameError
