@@ -37,7 +37,7 @@ train_dataset:
 callbacks:
   - {{type: MFLossMonitor, per_print_times: 10}}
   - {{type: CheckpointMonitor, prefix: demo_llama, save_checkpoint_steps: {save_every}, keep_checkpoint_max: 2}}
-context: {{mode: 1, device_target: CPU, runtime_num_threads: 1}}   # 1 kernel thread: fastest on a small shared CPU
+context: {{mode: 1, device_target: CPU}}
 parallel_config: {{data_parallel: 1, model_parallel: 1, pipeline_stage: 1}}
 model:
   model_config:
