@@ -26,7 +26,7 @@ import mindspore
 from mindspore import Parameter, Tensor, mint, nn, ops
 from mindspore.common.initializer import Normal, One, Zero, initializer
 
-from mfcore.cpu_gemv import gemv_op
+from mfcore.cpu_kernels import decode_kernels
 from mfcore.modeling import MS_DTYPES, PreTrainedModel
 
 from .configuration_llama import LlamaConfig
@@ -75,16 +75,21 @@ def _cast(x, dtype):
 
 # -- layers ---------------------------------------------------------------------------------------
 
-def decode_gemv(compute_dtype):
-    """mfcore's CPU matrix-vector kernel for float32 decode steps, or None (then MatMul); see mfcore.cpu_gemv."""
-    return gemv_op() if compute_dtype == mindspore.float32 else None
+def fused_kernels(dtype):
+    """mfcore's fused CPU kernels for float32 decode steps, or None (then MindSpore's ops); see
+    mfcore.cpu_kernels."""
+    return decode_kernels() if dtype == mindspore.float32 else None
+
+
+def single_row(x) -> bool:
+    """x is one decode row (1, features): where the fused kernels serve (at batch 8 MindSpore's MatMul is
+    the faster; benchmarks/RESULTS.md, "Generate"). Static shapes: decided while the graph is traced."""
+    return x.ndim == 2 and x.shape[0] == 1
 
 
 def linear(x, weight, bias=None, gemv=None):
-    """x W^T (+ b). A single row (x (1, K): the decode step at batch 1, forward only) goes to `gemv` when
-    there is one: MindSpore's CPU MatMul is slow on that shape, while at batch 8 MatMul is the faster
-    (benchmarks/RESULTS.md, "Generate"). Decided while the graph is traced, from static shapes."""
-    if gemv is not None and x.ndim == 2 and x.shape[0] == 1 and bias is None:
+    """x W^T (+ b); a single decode row goes to `gemv` when there is one (forward only)."""
+    if gemv is not None and bias is None and single_row(x):
         return gemv(x, weight)
     return mint.nn.functional.linear(x, weight, bias)
 
@@ -99,7 +104,8 @@ class LlamaLinear(nn.Cell):
         self.weight = Parameter(initializer(weight_init, (out_features, in_features), param_dtype), name="weight")
         self.bias = Parameter(initializer(Zero(), (out_features,), param_dtype), name="bias") if has_bias else None
         self.compute_dtype = compute_dtype
-        self.gemv = decode_gemv(compute_dtype)
+        kernels = fused_kernels(compute_dtype)
+        self.gemv = kernels.gemv if kernels else None
 
     def construct(self, x):
         bias = None if self.bias is None else _cast(self.bias, self.compute_dtype)
@@ -126,8 +132,13 @@ class LlamaRMSNorm(nn.Cell):
         super().__init__()
         self.weight = Parameter(initializer(One(), (hidden_size,), param_dtype), name="weight")
         self.eps = eps
+        kernels = fused_kernels(param_dtype)
+        self.fused = kernels.rms_norm if kernels else None
+        self.eps_tensor = Tensor([eps], mindspore.float32)
 
     def construct(self, x):
+        if self.fused is not None and x.dtype == mindspore.float32 and single_row(x):
+            return self.fused(x, self.weight, self.eps_tensor)
         x32 = _cast(x, mindspore.float32)
         variance = mint.mean(x32 * x32, -1, keepdim=True)
         return _cast(self.weight, x.dtype) * _cast(x32 * mint.rsqrt(variance + self.eps), x.dtype)
@@ -237,8 +248,14 @@ class LlamaFeedForward(nn.Cell):
         self.w1 = LlamaLinear(config.hidden_size, config.intermediate_size, **linear)
         self.w2 = LlamaLinear(config.intermediate_size, config.hidden_size, **linear)
         self.w3 = LlamaLinear(config.hidden_size, config.intermediate_size, **linear)
+        kernels = fused_kernels(compute_dtype)
+        self.swiglu = kernels.swiglu if kernels else None
+        self.compute_dtype = compute_dtype
 
     def construct(self, x):
+        if self.swiglu is not None and single_row(x):
+            gated = self.swiglu(x, _cast(self.w1.weight, self.compute_dtype), _cast(self.w3.weight, self.compute_dtype))
+            return self.w2(gated)
         return self.w2(mint.nn.functional.silu(self.w1(x)) * self.w3(x))
 
 
@@ -311,7 +328,8 @@ class LlamaForCausalLM(PreTrainedModel):
         self.kv_dtype = compute_dtype
         self.tie_word_embeddings = bool(config.tie_word_embeddings)
         self.model = LlamaModel(config, param_dtype, compute_dtype, init_weights)
-        self.tied_head_gemv = decode_gemv(compute_dtype) if self.tie_word_embeddings else None
+        kernels = fused_kernels(compute_dtype) if self.tie_word_embeddings else None
+        self.tied_head_gemv = kernels.gemv if kernels else None
         if self.tie_word_embeddings:
             self.lm_head = None
             self.ignored_checkpoint_names = ("lm_head.weight",)  # Hugging Face may save the tied copy
@@ -344,7 +362,7 @@ class LlamaForCausalLM(PreTrainedModel):
         are accepted for compatibility and not used: generation goes through forward_with_cache.
         """
         hidden = self.model.embed(input_ids, input_embeds)
-        batch, length = hidden.shape[0], hidden.shape[1]
+        length = hidden.shape[1]
         if position_ids is None:
             position_ids = ops.arange(0, length, dtype=mindspore.int32).expand_dims(0)
         cos, sin = self.model.rotary(position_ids)

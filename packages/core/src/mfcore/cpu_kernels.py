@@ -1,15 +1,20 @@
-"""A matrix-vector product for the decode step on CPU: x (rows, K) . W (N, K)^T for a few rows.
+"""Fused float32 kernels for the decode step on CPU, run by MindSpore as AOT `Custom` ops.
 
-Why: MindSpore 2.10's CPU MatMul on decode shapes (one or a few rows against a weight matrix) takes about
-twice as long as torch's (benchmarks/RESULTS.md, "Generate"), and those products are most of a decode
-step. A plain AVX2 dot-product loop (csrc/gemv.cc), compiled with the system's C++ compiler once per
-machine and run by MindSpore as an AOT `Custom` op, reads each weight once at close to memory speed.
+Why: at one token per row a decode step is ~160 small kernels, and MindSpore 2.10's CPU MatMul on
+one-row shapes takes about twice as long as torch's (benchmarks/RESULTS.md, "Generate"). csrc/
+decode_kernels.cc has three plain loops (AVX2 dot products), compiled with the system's C++ compiler
+once per machine:
+- `gemv(x, W)`: x . W^T, each weight read once at close to memory speed;
+- `rms_norm(x, weight, eps)`: Llama's RMSNorm in one kernel instead of five;
+- `swiglu(x, W1, W3)`: silu(x . W1^T) * (x . W3^T), the MLP's gate and up projections, one kernel
+  instead of five.
 
-It is used only where it is safe: MindSpore on CPU, float32, 2-D inputs (the decode path; training and
-prompts are 3-D and keep MatMul), and only if it compiled. Without a compiler, on other devices, or with
-MFCORE_CPU_KERNELS=0, `gemv_op()` returns None and models use MatMul; `status()` says why. The library
-goes to $MFCORE_HOME/kernels/<hash of source, compiler and CPU>/ (written atomically), so a changed
-source, compiler or CPU builds a new one.
+They are used only where that is safe: MindSpore on CPU, float32, the decode path (models call them for
+2-D single-row inputs, decided at trace time; training and prompts keep MindSpore's ops), forward only,
+and only if the library compiled. Without a compiler, on other devices, or with MFCORE_CPU_KERNELS=0,
+`decode_kernels()` returns None and models use MindSpore's ops; `status()` says why. The library goes to
+$MFCORE_HOME/kernels/<hash of source, compiler and CPU>/ (written atomically), so a changed source,
+compiler or CPU builds a new one.
 """
 from __future__ import annotations
 
@@ -20,33 +25,41 @@ import subprocess
 import tempfile
 import threading
 from pathlib import Path
-from typing import Optional
+from typing import NamedTuple, Optional
 
-SOURCE = Path(__file__).with_name("csrc") / "gemv.cc"
-SYMBOL = "MfcoreGemv"
+SOURCE = Path(__file__).with_name("csrc") / "decode_kernels.cc"
 FLAGS = ("-O3", "-march=native", "-std=c++11", "-shared", "-fPIC")
 
 _lock = threading.Lock()
-_state = {"op": None, "done": False, "status": "not built yet"}
+_state = {"kernels": None, "done": False, "status": "not built yet"}
 
 
 def status() -> str:
-    """Why the kernel is or is not in use (for logs and bug reports)."""
+    """Why the kernels are or are not in use (for logs and bug reports)."""
     return _state["status"]
 
 
-def gemv_op():
-    """The MindSpore Custom op computing x . W^T for 2-D float32 x, or None where it cannot be used."""
+class DecodeKernels(NamedTuple):
+    gemv: object      # (x (rows, K), W (N, K)) -> (rows, N)
+    rms_norm: object  # (x (rows, H), weight (H,), eps (1,)) -> (rows, H)
+    swiglu: object    # (x (rows, K), W1 (N, K), W3 (N, K)) -> (rows, N)
+
+
+def decode_kernels() -> Optional[DecodeKernels]:
+    """The Custom ops (built once per process), or None where they cannot be used."""
     with _lock:
         if not _state["done"]:
-            _state["op"], _state["status"] = _build_op()
+            try:
+                _state["kernels"], _state["status"] = _build()
+            except Exception as exc:  # noqa: BLE001 - an optional speed-up must never stop a run
+                _state["kernels"], _state["status"] = None, f"off: {type(exc).__name__}: {exc}"
             _state["done"] = True
-        return _state["op"]
+        return _state["kernels"]
 
 
-def _build_op():
+def _build():
     import mindspore
-    from mindspore import mint, ops
+    from mindspore import ops
 
     if os.environ.get("MFCORE_CPU_KERNELS", "1") == "0":
         return None, "off: MFCORE_CPU_KERNELS=0"
@@ -59,12 +72,14 @@ def _build_op():
     if allowed and not any(_is_under(library, Path(p)) for p in allowed.split(":") if p):
         return None, f"off: {library} is outside MS_CUSTOM_AOT_WHITE_LIST ({allowed})"
 
-    def bprop(x, weight, out, dout):  # for completeness: the decode path never differentiates
-        return mint.matmul(dout, weight), mint.matmul(dout.T, x)
+    def custom(symbol, out_shape):  # forward only: the decode path is never differentiated
+        return ops.Custom(f"{library}:{symbol}", out_shape=out_shape, out_dtype=lambda x, *weights: x,
+                          func_type="aot")
 
-    op = ops.Custom(f"{library}:{SYMBOL}", out_shape=lambda x, weight: x[:-1] + [weight[0]],
-                    out_dtype=lambda x, weight: x, func_type="aot", bprop=bprop)
-    return op, f"on: {library}"
+    kernels = DecodeKernels(gemv=custom("MfcoreGemv", lambda x, w: x[:-1] + [w[0]]),
+                            rms_norm=custom("MfcoreRmsNorm", lambda x, w, eps: x),
+                            swiglu=custom("MfcoreSwiglu", lambda x, w1, w3: x[:-1] + [w1[0]]))
+    return kernels, f"on: {library}"
 
 
 def _is_under(path: Path, folder: Path) -> bool:
@@ -87,13 +102,13 @@ def _compiled_library():
         return None, f"off: {compiler} --version failed ({exc})"
     key = hashlib.sha256(source + version.encode() + " ".join(FLAGS).encode() + _cpu_flags().encode()).hexdigest()[:16]
     folder = Path(os.environ.get("MFCORE_HOME", "~/.mfcore")).expanduser() / "kernels" / key
-    library = folder / "mfcore_gemv.so"
+    library = folder / "mfcore_decode_kernels.so"
     if library.is_file():
         return library, "cached"
     try:
         folder.mkdir(parents=True, exist_ok=True)
         # Compile next to the target and rename: a concurrent or interrupted build never leaves half a file.
-        handle, temporary = tempfile.mkstemp(prefix=".mfcore_gemv-", suffix=".so", dir=folder)
+        handle, temporary = tempfile.mkstemp(prefix=".mfcore_decode_kernels-", suffix=".so", dir=folder)
         os.close(handle)
         try:
             result = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", temporary], capture_output=True,
