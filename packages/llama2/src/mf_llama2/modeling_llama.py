@@ -82,8 +82,9 @@ def fused_kernels(dtype):
 
 
 def single_row(x) -> bool:
-    """x is one decode row (1, features): where the fused kernels serve (at batch 8 MindSpore's MatMul is
-    the faster; benchmarks/RESULTS.md, "Generate"). Static shapes: decided while the graph is traced."""
+    """x is one decode row (1, features): where the fused matrix-vector kernels serve (at batch 8
+    MindSpore's MatMul is the faster, while the fused RMSNorm pays at any batch; benchmarks/RESULTS.md,
+    "Generate"). Static shapes: decided while the graph is traced."""
     return x.ndim == 2 and x.shape[0] == 1
 
 
@@ -137,7 +138,7 @@ class LlamaRMSNorm(nn.Cell):
         self.eps_tensor = Tensor([eps], mindspore.float32)
 
     def construct(self, x):
-        if self.fused is not None and x.dtype == mindspore.float32 and single_row(x):
+        if self.fused is not None and x.dtype == mindspore.float32 and x.ndim == 2:  # decode rows, any batch
             return self.fused(x, self.weight, self.eps_tensor)
         x32 = _cast(x, mindspore.float32)
         variance = mint.mean(x32 * x32, -1, keepdim=True)
