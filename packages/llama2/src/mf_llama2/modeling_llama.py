@@ -138,8 +138,17 @@ class LlamaRMSNorm(nn.Cell):
         self.eps_tensor = Tensor([eps], mindspore.float32)
 
     def construct(self, x):
-        if self.fused is not None and x.dtype == mindspore.float32 and x.ndim == 2:  # decode rows, any batch
+        if x.ndim == 2:  # decode rows (any batch): only generation runs 2-D hidden states
+            return self.inference(x)
+        return self.norm(x)
+
+    def inference(self, x):
+        """The same norm for generation (forward only): one fused kernel instead of six where there is one."""
+        if self.fused is not None and x.dtype == mindspore.float32:
             return self.fused(x, self.weight, self.eps_tensor)
+        return self.norm(x)
+
+    def norm(self, x):
         x32 = _cast(x, mindspore.float32)
         variance = mint.mean(x32 * x32, -1, keepdim=True)
         return _cast(self.weight, x.dtype) * _cast(x32 * mint.rsqrt(variance + self.eps), x.dtype)
@@ -181,14 +190,17 @@ class LlamaAttention(nn.Cell):
         rotated = mint.matmul(x32.reshape(-1, x.shape[-1]), rotate).reshape(x.shape)
         return _cast(x32 * cos + rotated * sin, x.dtype)
 
-    def attend(self, q, k, v, bias):
+    def attend(self, q, k, v, bias, scaled_q=False):
         """softmax(q k^T * scale + bias) v. q (B, kv_heads, n_rep, S, D) grouped by kv head, k and v
-        (B, kv_heads, T, D), bias (B or 1, 1, 1, S, T) holding 0 or MASK_VALUE."""
+        (B, kv_heads, T, D), bias (B or 1, 1, 1, S, T) holding 0 or MASK_VALUE. scaled_q: q already
+        carries the 1/sqrt(D) scale."""
         batch, _, _, length, _ = q.shape
         keys = k.shape[2]
         # Query head h = g * n_rep + r uses kv head g: fold the group into rows instead of copying k, v.
         q = q.reshape(batch, self.n_kv_heads, self.n_rep * length, self.head_dim)
-        scores = self.matmul_qk(q, k) * self.scaling
+        scores = self.matmul_qk(q, k)
+        if not scaled_q:
+            scores = scores * self.scaling
         scores = _cast(scores, mindspore.float32).reshape(batch, self.n_kv_heads, self.n_rep, length, keys)
         probs = _cast(mint.softmax(scores + bias, dim=-1), self.compute_dtype)
         out = mint.matmul(probs.reshape(batch, self.n_kv_heads, self.n_rep * length, keys), v)
@@ -202,20 +214,28 @@ class LlamaAttention(nn.Cell):
         return self.wo(out.permute(0, 3, 1, 2, 4).reshape(batch, length, self.num_heads * self.head_dim))
 
     def forward_with_cache(self, x, rope, bias, cache_slot, k_cache, v_cache):
-        """A prompt x (B, S, hidden), rope = (cos, sin, rotate-half matrix): attend within it and store it
-        in cache slots 0..S-1. One token per row, x (B, hidden), rope = (rotation_q, rotation_k): write it
-        at `cache_slot` and attend over the whole cache (decode_one)."""
+        """rope = (rotation_q, rotation_k), each position's rotary matrix (B * S, D, D) (LlamaModel.rotation).
+        A prompt x (B, S, hidden): attend within it and store it in cache slots 0..S-1. One token per row,
+        x (B, hidden): write it at `cache_slot` and attend over the whole cache (decode_one)."""
         if x.ndim == 2:
             return self.decode_one(x, rope[0], rope[1], bias, cache_slot, k_cache, v_cache)
         batch, length, _ = x.shape
-        q, k, v = self.project(x, rope[0], rope[1], rope[2])
+        # Rotary as one batched matmul per q and k (3 kernels fewer each than project's cos/sin form).
+        q = self.rotate_rows(self.wq(x).reshape(batch * length, self.num_heads, self.head_dim), rope[0])
+        k = self.rotate_rows(self.wk(x).reshape(batch * length, self.n_kv_heads, self.head_dim), rope[1])
+        v = self.wv(x).reshape(batch, length, self.n_kv_heads, self.head_dim)
         q = q.reshape(batch, length, self.n_kv_heads, self.n_rep, self.head_dim).permute(0, 2, 3, 1, 4)
-        k, v = k.permute(0, 2, 1, 3), v.permute(0, 2, 1, 3)
-        out = self.attend(q, k, v, bias)
+        k = k.reshape(batch, length, self.n_kv_heads, self.head_dim).permute(0, 2, 1, 3)
+        v = v.permute(0, 2, 1, 3)
+        out = self.attend(q, k, v, bias, scaled_q=True)
         out = out.permute(0, 3, 1, 2, 4).reshape(batch, length, self.num_heads * self.head_dim)
         k_cache = mint.cat((k, k_cache[:, :, length:]), dim=2)
         v_cache = mint.cat((v, v_cache[:, :, length:]), dim=2)
         return self.wo(out), k_cache, v_cache
+
+    def rotate_rows(self, x, rotation):
+        """Rotary embedding of x (rows, heads, D) with each row's matrix (rows, D, D), in float32."""
+        return _cast(mint.bmm(_cast(x, mindspore.float32), rotation), self.compute_dtype)
 
     def decode_one(self, x, rotation_q, rotation_k, bias, cache_slot, k_cache, v_cache):
         """One new token per row on 2-D hidden states (B, hidden): the decode hot path.
@@ -224,10 +244,8 @@ class LlamaAttention(nn.Cell):
         step (LlamaForCausalLM.rotation); rotation_q also carries the 1/sqrt(D) score scale. No
         transposes. bias (B, 1, 1, T), cache_slot (1, 1, T, 1)."""
         batch = x.shape[0]
-        q = self.wq(x).reshape(batch, self.num_heads, self.head_dim)
-        k = self.wk(x).reshape(batch, self.n_kv_heads, self.head_dim)
-        q = _cast(mint.bmm(_cast(q, mindspore.float32), rotation_q), self.compute_dtype)
-        k = _cast(mint.bmm(_cast(k, mindspore.float32), rotation_k), self.compute_dtype)
+        q = self.rotate_rows(self.wq(x).reshape(batch, self.num_heads, self.head_dim), rotation_q)
+        k = self.rotate_rows(self.wk(x).reshape(batch, self.n_kv_heads, self.head_dim), rotation_k)
         k_cache = mint.where(cache_slot, k.reshape(batch, self.n_kv_heads, 1, self.head_dim), k_cache)
         v = self.wv(x).reshape(batch, self.n_kv_heads, 1, self.head_dim)
         v_cache = mint.where(cache_slot, v, v_cache)
@@ -273,10 +291,10 @@ class LlamaDecodeLayer(nn.Cell):
         return x + self.feed_forward(self.ffn_norm(x))
 
     def forward_with_cache(self, x, rope, bias, cache_slot, k_cache, v_cache):
-        attn, k_cache, v_cache = self.attention.forward_with_cache(self.attention_norm(x), rope, bias, cache_slot,
+        attn, k_cache, v_cache = self.attention.forward_with_cache(self.attention_norm.inference(x), rope, bias, cache_slot,
                                                                    k_cache, v_cache)
         x = x + attn
-        return x + self.feed_forward(self.ffn_norm(x)), k_cache, v_cache
+        return x + self.feed_forward(self.ffn_norm.inference(x)), k_cache, v_cache
 
 
 class LlamaModel(nn.Cell):
@@ -404,12 +422,11 @@ class LlamaForCausalLM(PreTrainedModel):
         hidden = self.model.embed(input_ids)
         cos, sin = self.model.rotary(position_ids)
         batch, length = input_ids.shape
+        rope = self.model.rotation(cos.reshape(batch * length, 1, -1), sin.reshape(batch * length, 1, -1))
         if length == 1:  # the decode hot path runs on 2-D hidden states (B, hidden)
             hidden = hidden.reshape(batch, -1)
-            rope = self.model.rotation(cos.reshape(batch, 1, -1), sin.reshape(batch, 1, -1))
             bias = attention_bias  # (B, 1, 1, T)
         else:
-            rope = (cos, sin, self.model.rotate)
             bias = attention_bias.expand_dims(1)  # (B, 1, 1, S, T): broadcast over kv heads and groups
         new_caches = ()
         for i, layer in enumerate(self.model.layers):
