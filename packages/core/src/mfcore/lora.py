@@ -98,6 +98,9 @@ class LoRALinear(nn.Cell):
         self.dropout = nn.Dropout(p=config.dropout) if self.use_dropout else None
         # The original cell, restored by merge_lora; kept outside MindSpore's cell tracking.
         object.__setattr__(self, "base_cell", base)
+        # Never fused: a model's fused decode kernels (mfcore.cpu_kernels) read a layer's `weight` directly,
+        # which here would drop the adapter; models check `gemv` before fusing a layer.
+        self.gemv = None
 
     def construct(self, x):
         dtype = x.dtype

@@ -272,7 +272,9 @@ class LlamaFeedForward(nn.Cell):
         self.compute_dtype = compute_dtype
 
     def construct(self, x):
-        if self.swiglu is not None and single_row(x):
+        # w1.gemv / w3.gemv are None where a layer must not be fused (e.g. wrapped by LoRA: its weight
+        # alone is not the layer).
+        if self.swiglu is not None and self.w1.gemv is not None and self.w3.gemv is not None and single_row(x):
             gated = self.swiglu(x, _cast(self.w1.weight, self.compute_dtype), _cast(self.w3.weight, self.compute_dtype))
             return self.w2(gated)
         return self.w2(mint.nn.functional.silu(self.w1(x)) * self.w3(x))
