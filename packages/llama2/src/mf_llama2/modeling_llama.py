@@ -275,8 +275,8 @@ class LlamaFeedForward(nn.Cell):
         # w1.gemv / w3.gemv are None where a layer must not be fused (e.g. wrapped by LoRA: its weight
         # alone is not the layer).
         if self.swiglu is not None and self.w1.gemv is not None and self.w3.gemv is not None and single_row(x):
-            gated = self.swiglu(x, _cast(self.w1.weight, self.compute_dtype), _cast(self.w3.weight, self.compute_dtype))
-            return self.w2(gated)
+            w1, w3 = _cast(self.w1.weight, self.compute_dtype), _cast(self.w3.weight, self.compute_dtype)
+            return self.w2(self.swiglu(x, w1, w3))
         return self.w2(mint.nn.functional.silu(self.w1(x)) * self.w3(x))
 
 
@@ -293,8 +293,8 @@ class LlamaDecodeLayer(nn.Cell):
         return x + self.feed_forward(self.ffn_norm(x))
 
     def forward_with_cache(self, x, rope, bias, cache_slot, k_cache, v_cache):
-        attn, k_cache, v_cache = self.attention.forward_with_cache(self.attention_norm.inference(x), rope, bias, cache_slot,
-                                                                   k_cache, v_cache)
+        attn, k_cache, v_cache = self.attention.forward_with_cache(self.attention_norm.inference(x), rope, bias,
+                                                                   cache_slot, k_cache, v_cache)
         x = x + attn
         return x + self.feed_forward(self.ffn_norm.inference(x)), k_cache, v_cache
 
