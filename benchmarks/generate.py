@@ -292,7 +292,7 @@ def main():
                   f"{bandwidth / 1e9:.1f} GB/s), mfcore at {100 * row['mfcore_decode_of_bound']:.0f}% of it")
         print(f"{result['size']} peak RSS (MB): {result['peak_rss_mb']}")
     if args.json:
-        from mfcore.atomic import atomic_write_text
+        from mfcore.utils.atomic import atomic_write_text
 
         atomic_write_text(args.json, json.dumps(summary, indent=1) + "\n")
 

@@ -122,8 +122,8 @@ def mfcore_side(weights, batches, steps, workdir, cpu_threads=0):
     from mindspore import Tensor
 
     import mfcore
-    from mfcore import runtime
-    from mfcore.trainer import Trainer, TrainingArguments
+    from mfcore.utils import runtime
+    from mfcore.training.trainer import Trainer, TrainingArguments
 
     runtime.setup(device_target="CPU", mode="pynative")
     model = mfcore.AutoModelForCausalLM.from_pretrained(weights, dtype="float32")
@@ -262,7 +262,7 @@ def main():
     for result in results:
         report(result)
     if options.json:
-        from mfcore.atomic import atomic_write_text
+        from mfcore.utils.atomic import atomic_write_text
 
         atomic_write_text(options.json, json.dumps(results, indent=2))
 

@@ -3,7 +3,7 @@ import argparse
 import io
 
 import mfcore
-from mfcore.chat import run_chat
+from mfcore.cli.chat import run_chat
 
 
 def test_two_turn_chat_matches_generate_on_the_template(tmp_path, testdata, capsys):

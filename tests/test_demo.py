@@ -4,7 +4,7 @@ import re
 import subprocess
 import sys
 
-from mfcore.demo_corpus import ANIMALS, COLORS, NAMES, PLACES, TEMPLATES, THINGS, VERBS_PAST, WEATHER
+from mfcore.cli.demo_corpus import ANIMALS, COLORS, NAMES, PLACES, TEMPLATES, THINGS, VERBS_PAST, WEATHER
 
 GRAMMAR_WORDS = {w.lower() for w in NAMES + ANIMALS + COLORS + PLACES + THINGS + VERBS_PAST + WEATHER}
 GRAMMAR_WORDS |= {w.lower() for t in TEMPLATES for w in re.findall(r"[A-Za-z]+", re.sub(r"\{\w+\}", " ", t))}

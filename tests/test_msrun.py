@@ -47,7 +47,7 @@ def task_yaml(tmp_path: Path, name: str, parallel: bool) -> Path:
 def load(path: Path):
     import mindspore as ms
 
-    from mfcore.runtime import ensure_runtime
+    from mfcore.utils.runtime import ensure_runtime
 
     ensure_runtime()  # set MindSpore up as `mfcore run` will in this process
 

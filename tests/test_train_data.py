@@ -10,7 +10,7 @@ import pytest
 
 from mfcore.cli import main
 from mfcore.data import read_mindrecord
-from mfcore.data_formats import AlpacaFormat, ChatFormat, resolve_format
+from mfcore.data.formats import AlpacaFormat, ChatFormat, resolve_format
 
 # testdata/README.md: system "Be brief." + user "Hi there" + the assistant header (generation prompt)
 README_CHAT_PROMPT = [128000, 128006, 9125, 128007, 271, 3513, 10015, 13, 128009, 128006, 882, 128007, 271, 13347,

@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 import yaml
 
-from mfcore import demo_corpus
+from mfcore.cli import demo_corpus
 from mfcore.cli import main
 from mfcore.data import read_mindrecord
-from mfcore.data_formats import AlpacaFormat
+from mfcore.data.formats import AlpacaFormat
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"

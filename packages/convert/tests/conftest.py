@@ -18,7 +18,7 @@ def hf_models(tmp_path_factory):
 def mindspore():
     """MindSpore, set up the way mfcore does it (the device must be chosen before any kernel runs)."""
     ms = pytest.importorskip("mindspore")
-    from mfcore.runtime import ensure_runtime
+    from mfcore.utils.runtime import ensure_runtime
 
     ensure_runtime()
     return ms

@@ -17,6 +17,7 @@ CHILD = textwrap.dedent("""
     import json, sys
     import mf_convert, mfcore
     mfcore.get_plugins()
+    mf_convert.convert  # the engine loads lazily: import it before measuring, as the conversion itself is measured
     def status(key):
         for line in open("/proc/self/status"):
             if line.startswith(key + ":"):

@@ -4,7 +4,7 @@ import sys
 import pytest
 
 import mfcore
-from mfcore.auto_register import apply_auto_register, find_auto_register
+from mfcore.tasks.auto_register import apply_auto_register, find_auto_register
 from mfcore.errors import ConfigError, PluginError
 
 OUT_OF_TREE = """

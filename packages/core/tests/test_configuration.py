@@ -76,7 +76,7 @@ def test_accelerator_missing_from_this_build_falls_back_to_cpu_with_a_warning():
     import subprocess
     import sys
 
-    code = ("import warnings, mindspore\nfrom mfcore import runtime\n"
+    code = ("import warnings, mindspore\nfrom mfcore.utils import runtime\n"
             "with warnings.catch_warnings(record=True) as caught:\n"
             "    warnings.simplefilter('always')\n"
             "    info = runtime.setup(device_target='Ascend')\n"

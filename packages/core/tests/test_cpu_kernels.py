@@ -1,11 +1,12 @@
-"""mfcore.cpu_kernels: the decode step's fused CPU kernels against numpy in float64, and their fallbacks."""
+"""mfcore.kernels.cpu: the decode step's fused CPU kernels against numpy in float64, and their fallbacks."""
 import numpy as np
 import pytest
 
 import mindspore as ms
 from mindspore import Tensor
 
-from mfcore import cpu_kernels, runtime
+from mfcore.kernels import cpu as cpu_kernels
+from mfcore.utils import runtime
 
 
 @pytest.fixture

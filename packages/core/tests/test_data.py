@@ -11,7 +11,7 @@ import pytest
 
 from mfcore.cli import main
 from mfcore.data import IGNORE_INDEX, Packer, expand_inputs, pack_files, read_mindrecord, write_mindrecord
-from mfcore.data_formats import AlpacaFormat, ChatFormat, ChatMLTemplate, JsonlFormat, TextFormat, WikitextFormat
+from mfcore.data.formats import AlpacaFormat, ChatFormat, ChatMLTemplate, JsonlFormat, TextFormat, WikitextFormat
 from mfcore.errors import ConfigError
 
 

@@ -6,10 +6,10 @@ import pytest
 import mindspore as ms
 from mindspore import Tensor, mint, nn
 
-from mfcore.runtime import ensure_runtime
+from mfcore.utils.runtime import ensure_runtime
 
 from mfcore.errors import CheckpointError, ConfigError
-from mfcore.lora import (LoRALinear, LoraConfig, adapter_parameters, inject_lora, load_adapter, merge_lora,
+from mfcore.training.lora import (LoRALinear, LoraConfig, adapter_parameters, inject_lora, load_adapter, merge_lora,
                          save_adapter)
 
 # MindSpore is set up the way mfcore sets it (CPU, PyNative) before any kernel runs, so that tests
@@ -110,7 +110,7 @@ def test_adapter_save_holds_only_adapters_and_loads_back(tmp_path):
 
 
 def test_only_adapters_change_when_training(tmp_path):
-    from mfcore.trainer import Trainer, TrainingArguments
+    from mfcore.training.trainer import Trainer, TrainingArguments
 
     class LM(nn.Cell):
         def __init__(self):

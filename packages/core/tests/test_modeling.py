@@ -9,7 +9,7 @@ from mindspore import Tensor
 
 import mfcore
 from mfcore import CheckpointError
-from mfcore.modeling import find_weight_files, parse_size, read_safetensors
+from mfcore.models.weight_files import find_weight_files, parse_size, read_safetensors
 
 from toy_causal_lm import ToyConfig, ToyCounterLM
 
@@ -150,7 +150,7 @@ def test_auto_model_loads_a_saved_directory(toy_plugin, tmp_path):
 
 
 def test_runtime_setup_is_idempotent():
-    from mfcore import runtime
+    from mfcore.utils import runtime
 
     info = runtime.ensure_runtime()
     assert runtime.setup(device_target=info.device_target, mode=info.mode) == info

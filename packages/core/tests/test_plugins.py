@@ -7,8 +7,8 @@ import pytest
 
 import mfcore
 from mfcore.errors import DuplicateNameError, UnknownNameError
-from mfcore.hookspecs import hookspec
-from mfcore import hookspecs
+from mfcore.plugins.hookspecs import hookspec
+from mfcore.plugins import hookspecs
 
 GOOD_PLUGIN = """
 from mfcore import PretrainedConfig, Preset, hookimpl

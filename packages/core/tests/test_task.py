@@ -8,7 +8,7 @@ import yaml
 
 from mfcore.cli import build_parser, main
 from mfcore.errors import ConfigError
-from mfcore.task import apply_flags, apply_options, read_task, validate_task
+from mfcore.tasks.spec import apply_flags, apply_options, read_task, validate_task
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 
@@ -151,7 +151,7 @@ def test_examples_exist():
 
 
 def test_context_runtime_num_threads_sets_the_trainer_cpu_threads(tmp_path):
-    from mfcore.task import validate_task
+    from mfcore.tasks.spec import validate_task
 
     task = {"run_mode": "train", "context": {"runtime_num_threads": 1},
             "model": {"model_config": {"type": "LlamaConfig", "hidden_size": 64, "num_layers": 1, "num_heads": 4,

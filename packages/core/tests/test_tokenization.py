@@ -69,7 +69,7 @@ def fast():
     pytest.importorskip("tokenizers")
     from tokenizers import AddedToken, Tokenizer, decoders, models
 
-    from mfcore.tokenization_fast import PreTrainedTokenizerFast
+    from mfcore.tokenization.fast import PreTrainedTokenizerFast
 
     backend = Tokenizer(models.BPE(vocab=dict(ID), merges=[], unk_token="<unk>"))
     backend.decoder = decoders.Fuse()
@@ -266,7 +266,7 @@ def test_fast_offsets(fast):
 
 
 def test_fast_save_and_load(tmp_path, fast):
-    from mfcore.tokenization_fast import PreTrainedTokenizerFast
+    from mfcore.tokenization.fast import PreTrainedTokenizerFast
 
     fast.save_pretrained(tmp_path)
     assert json.loads((tmp_path / "tokenizer_config.json").read_text())["tokenizer_class"] == "PreTrainedTokenizerFast"
@@ -275,7 +275,7 @@ def test_fast_save_and_load(tmp_path, fast):
 
 
 def test_fast_without_tokenizers_says_how_to_install(monkeypatch):
-    from mfcore.tokenization_fast import PreTrainedTokenizerFast
+    from mfcore.tokenization.fast import PreTrainedTokenizerFast
 
     monkeypatch.setitem(sys.modules, "tokenizers", None)
     with pytest.raises(ImportError, match=r"mfcore\[fast\]"):
@@ -283,7 +283,7 @@ def test_fast_without_tokenizers_says_how_to_install(monkeypatch):
 
 
 def test_tokenizer_modules_do_not_import_mindspore():
-    code = ("import sys, mfcore, mfcore.tokenization, mfcore.tokenization_fast; "
+    code = ("import sys, mfcore, mfcore.tokenization, mfcore.tokenization.fast; "
             "print('mindspore' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"

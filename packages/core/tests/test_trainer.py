@@ -11,12 +11,12 @@ import pytest
 import mindspore as ms
 from mindspore import Parameter, Tensor, mint, nn, ops
 
-from mfcore.runtime import ensure_runtime
+from mfcore.utils.runtime import ensure_runtime
 
 from mfcore.errors import CheckpointError, ConfigError
-from mfcore.optim import AdamW, clip_by_global_norm
-from mfcore.schedules import LRSchedule
-from mfcore.trainer import Trainer, TrainingArguments, read_metrics
+from mfcore.training.optim import AdamW, clip_by_global_norm
+from mfcore.training.schedules import LRSchedule
+from mfcore.training.trainer import Trainer, TrainingArguments, read_metrics
 
 VOCAB, HIDDEN, SEQ = 24, 16, 12
 
@@ -231,7 +231,7 @@ def test_too_little_data_for_one_batch(tmp_path):
 def test_data_parallel_context_mapping():
     from mindspore import ParallelMode
 
-    from mfcore.parallel import parallel_context
+    from mfcore.training.parallel import parallel_context
 
     assert parallel_context(2, 1, 1, 2)["parallel_mode"] == ParallelMode.DATA_PARALLEL
     semi = parallel_context(1, 2, 2, 4)
@@ -241,7 +241,7 @@ def test_data_parallel_context_mapping():
 
 
 def test_each_rank_takes_its_own_slice_of_the_global_batch(tmp_path):
-    from mfcore.trainer import ParallelInfo
+    from mfcore.training.trainer import ParallelInfo
 
     data = toy_data()
     ranks = [Trainer(ToyLM(), args_for(tmp_path, batch_size=2, gradient_accumulation_steps=2),

@@ -14,7 +14,7 @@ import mindspore  # noqa: E402
 from mindspore import Tensor  # noqa: E402
 
 from mfcore import AutoModelForCausalLM  # noqa: E402
-from mfcore.generation import _step_function, bucket_length  # noqa: E402
+from mfcore.generation.decoding import _step_function, bucket_length  # noqa: E402
 
 CONFIGS = {
     "mha-untied-theta1e4": dict(vocab_size=97, hidden_size=48, intermediate_size=80, num_hidden_layers=2,

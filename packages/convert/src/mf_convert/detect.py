@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from mfcore import CheckpointError, ConfigError, get_plugins
-from mfcore.auto import config_class_for, load_config_dict
+from mfcore.models.auto import config_class_for, load_config_dict
 
 from . import readers
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from mfcore import ConfigError
 # the storage table and bf16 widening are core's (model loading reads the same files)
-from mfcore.safetensors_reader import ITEMSIZE, STORAGE, bf16_to_f32, storage_dtype  # noqa: F401
+from mfcore.models.safetensors_reader import ITEMSIZE, STORAGE, bf16_to_f32, storage_dtype  # noqa: F401
 
 FLOATS = ("F64", "F32", "F16", "BF16")
 # --dtype spellings -> safetensors names

@@ -16,7 +16,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from mfcore import CheckpointError, ConfigError, get_plugins
-from mfcore.atomic import atomic_directory
+from mfcore.utils.atomic import atomic_directory
 
 from . import detect, readers, writers
 from .dtypes import CONFIG_NAMES, FLOATS, ITEMSIZE, cast, parse_dtype

@@ -136,7 +136,7 @@ class CkptFile:
         self.path = Path(path)
         try:
             import mindspore
-            from mfcore.runtime import ensure_runtime
+            from mfcore.utils.runtime import ensure_runtime
         except ImportError:
             raise CheckpointError(f"{self.path}: reading .ckpt needs mindspore") from None
         ensure_runtime()  # MindSpore's device must be chosen before the first kernel runs

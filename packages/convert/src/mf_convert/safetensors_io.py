@@ -14,7 +14,7 @@ from typing import Callable, Dict, Iterable, Mapping, Optional, Tuple
 import numpy as np
 
 from mfcore import CheckpointError
-from mfcore.safetensors_reader import ITEMSIZE, SafetensorsFile, storage_dtype  # noqa: F401 (SafetensorsFile re-exported)
+from mfcore.models.safetensors_reader import ITEMSIZE, SafetensorsFile, storage_dtype  # noqa: F401 (SafetensorsFile re-exported)
 
 
 def write_safetensors(path, plan: Iterable[Tuple[str, str, Tuple[int, ...]]], produce: Callable[[str], np.ndarray],

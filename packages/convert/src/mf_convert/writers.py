@@ -77,7 +77,7 @@ def write_safetensors_dir(directory: Path, plan: Sequence[Planned], produce: Cal
 def write_ckpt(path: Path, plan: Sequence[Planned], produce: Callable, on_tensor: Optional[Callable] = None) -> List[Path]:
     """A MindSpore .ckpt via mindspore.save_checkpoint (imported only here)."""
     import mindspore
-    from mfcore.runtime import ensure_runtime
+    from mfcore.utils.runtime import ensure_runtime
 
     ensure_runtime()  # MindSpore's device must be chosen before the first kernel runs
     records = []

@@ -13,22 +13,22 @@ import os
 # before mfcore imports mindspore; a value already in the environment wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from .auto import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-from .configuration import PretrainedConfig
 from .errors import CheckpointError, ConfigError, DuplicateNameError, MfcoreError, PluginError, UnknownNameError
-from .hookspecs import hookimpl
-from .lazy import lazy_exports
-from .plugins import get_plugins, reset_plugins
-from .types import Preset, WeightMap
+from .models.auto import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from .models.configuration import PretrainedConfig
+from .plugins.hookspecs import hookimpl
+from .plugins.manager import get_plugins, reset_plugins
+from .plugins.types import Preset, WeightMap
+from .utils.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
 # name -> module that defines it; imported on first access (PEP 562) to keep `import mfcore` light.
 _LAZY = {
-    "PreTrainedModel": "mfcore.modeling",
-    "GenerationConfig": "mfcore.generation",
-    "PreTrainedTokenizer": "mfcore.tokenization",
-    "PreTrainedTokenizerFast": "mfcore.tokenization_fast",
+    "PreTrainedModel": "mfcore.models.modeling",
+    "GenerationConfig": "mfcore.generation.config",
+    "PreTrainedTokenizer": "mfcore.tokenization.base",
+    "PreTrainedTokenizerFast": "mfcore.tokenization.fast",
 }
 
 

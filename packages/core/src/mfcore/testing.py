@@ -24,8 +24,8 @@ from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
-from .auto import AutoConfig, AutoModelForCausalLM
-from .plugins import PluginInfo, get_plugins
+from mfcore.models.auto import AutoConfig, AutoModelForCausalLM
+from mfcore.plugins.manager import PluginInfo, get_plugins
 
 
 def check_plugin(name: str) -> PluginInfo:
@@ -118,7 +118,7 @@ def check_tokenizer_round_trip(tokenizer, texts: Iterable[str], directory: Optio
         ids = tokenizer.encode(text, add_special_tokens=False)
         assert tokenizer.decode(ids) == text, f"decode(encode({text!r})) = {tokenizer.decode(ids)!r}"
     if directory is not None:
-        from .auto import AutoTokenizer
+        from mfcore.models.auto import AutoTokenizer
 
         tokenizer.save_pretrained(directory)
         again = AutoTokenizer.from_pretrained(directory)

@@ -1,5 +1,5 @@
 """mf-llama2: the Llama family for mfcore. Heavy modules (network, tokenizer) load on first access."""
-from mfcore.lazy import lazy_exports
+from mfcore.utils.lazy import lazy_exports
 
 from .configuration_llama import LlamaConfig
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any, Dict, Optional
 
 from mfcore import ConfigError, PretrainedConfig
-from mfcore.configuration import normalize_dtype
+from mfcore.models.configuration import normalize_dtype
 
 # Hugging Face keys that describe things this network fixes; accepted when they hold that value.
 _HF_FIXED = {"hidden_act": "silu", "attention_dropout": 0.0, "mlp_bias": False, "pretraining_tp": 1}

@@ -26,8 +26,8 @@ import mindspore
 from mindspore import Parameter, Tensor, mint, nn, ops
 from mindspore.common.initializer import Normal, One, Zero, initializer
 
-from mfcore.cpu_kernels import decode_kernels
-from mfcore.modeling import MS_DTYPES, PreTrainedModel
+from mfcore.kernels import decode_kernels
+from mfcore.models.modeling import MS_DTYPES, PreTrainedModel
 
 from .configuration_llama import LlamaConfig
 
@@ -77,7 +77,7 @@ def _cast(x, dtype):
 
 def fused_kernels(dtype):
     """mfcore's fused CPU kernels for float32 decode steps, or None (then MindSpore's ops); see
-    mfcore.cpu_kernels."""
+    mfcore.kernels.cpu."""
     return decode_kernels() if dtype == mindspore.float32 else None
 
 

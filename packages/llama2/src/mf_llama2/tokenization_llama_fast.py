@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 from mfcore.tokenization import copy_file, require_file
-from mfcore.tokenization_fast import PreTrainedTokenizerFast, import_tokenizers
+from mfcore.tokenization.fast import PreTrainedTokenizerFast, import_tokenizers
 
 from .tokenization_llama import VOCAB_FILE, Llama2ChatTemplate, LlamaTokenizer
 

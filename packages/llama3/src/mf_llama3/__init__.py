@@ -1,5 +1,5 @@
 """mf-llama3: Llama 3 / 3.1 presets, tokenizer and chat template; the network is mf-llama2's."""
-from mfcore.lazy import lazy_exports
+from mfcore.utils.lazy import lazy_exports
 
 __version__ = "0.1.0"
 

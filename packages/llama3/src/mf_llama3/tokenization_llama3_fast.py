@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from mfcore.tokenization import copy_file, require_file
-from mfcore.tokenization_fast import PreTrainedTokenizerFast, import_tokenizers
+from mfcore.tokenization.fast import PreTrainedTokenizerFast, import_tokenizers
 
 from .tokenization_llama3 import (PAT_STR, VOCAB_FILE, Llama3ChatTemplate, Llama3Tokenizer, load_tiktoken_ranks,
                                   special_token_names, split_long_text, token_string)

@@ -1,0 +1,68 @@
+"""The `mfcore` command line (also `python -m mfcore`): one parser, built from the command modules.
+
+Each command lives in its own module of mfcore.cli with `add_command(subparsers)`; plugins add theirs
+through the `register_commands(cli)` hook, where `cli` is argparse's subparsers object:
+`cli.add_parser("convert", help=...).set_defaults(func=run_convert)`. Building the parser imports
+neither MindSpore nor numpy, so `mfcore --help`, `mfcore plugins` and `mfcore models` stay fast; a
+command imports what it needs when it runs.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+from typing import List, Optional
+
+from mfcore.errors import MfcoreError
+from mfcore.plugins.manager import get_plugins
+
+from . import chat, data, demo, models, plugins, run
+
+# In the order `mfcore --help` lists them; plugin commands follow.
+COMMANDS = (plugins, models, run, data, demo, chat)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mfcore", description="Build, convert, train and serve LLMs on MindSpore. Model families "
+                                   "are plugins: `pip install mf-llama3`, then `mfcore models`.")
+    parser.add_argument("--version", action="version", version=f"mfcore {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for command in COMMANDS:
+        command.add_command(sub)
+    get_plugins().add_commands(sub)
+    return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mfcore")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    return run_command(build_parser(), argv)
+
+
+def run_command(parser: argparse.ArgumentParser, argv: Optional[List[str]]) -> int:
+    """Parse `argv` with `parser` and run the command; errors of ours print one line, not a traceback."""
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    # A command that runs other commands (the demo) gets this dispatcher instead of importing it.
+    args.run_command = functools.partial(run_command, parser)
+    try:
+        return int(args.func(args) or 0)
+    except MfcoreError as exc:
+        print(f"mfcore: error: {exc}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, FileExistsError) as exc:
+        print(f"mfcore: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mfcore: interrupted", file=sys.stderr)
+        return 130

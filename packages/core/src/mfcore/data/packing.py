@@ -1,0 +1,113 @@
+"""Packing: token segments of documents -> full training sequences of `seq_length` tokens.
+
+Every example becomes token segments (see mfcore.data.formats); examples are concatenated into one stream
+(each document ends with EOS, so documents are separated by it) and cut into full sequences of
+`seq_length` tokens. Each sequence is stored as `input_ids` and `labels` (int32, `seq_length` each):
+labels equal input_ids except -100 on tokens that are not trained on (instruction prompts), in the
+Hugging Face convention (the model shifts labels by one). The tail that does not fill a sequence is
+dropped and counted. mfcore.data.mindrecord writes the sequences.
+"""
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from mfcore.errors import ConfigError
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class PackStats:
+    documents: int = 0        # examples that produced tokens
+    empty: int = 0            # examples without text (skipped)
+    tokens: int = 0           # tokens produced by the tokenizer, special tokens included
+    trained_tokens: int = 0   # of those, tokens with a label (not masked)
+    sequences: int = 0        # full sequences written
+    dropped_tokens: int = 0   # tokens of the last, incomplete sequence
+
+    def summary(self) -> str:
+        return (f"{self.documents} documents ({self.empty} empty skipped), {self.tokens} tokens "
+                f"({self.trained_tokens} with labels), {self.sequences} sequences, "
+                f"{self.dropped_tokens} tokens of remainder dropped")
+
+
+class Packer:
+    """Concatenates (ids, trainable) segments and cuts full sequences of `seq_length` tokens."""
+
+    def __init__(self, seq_length: int, stats: Optional[PackStats] = None):
+        if seq_length < 2:
+            raise ConfigError("--seq-length", f"must be at least 2, got {seq_length}")
+        self.seq_length = seq_length
+        self.stats = stats or PackStats()
+        self._ids: List[int] = []
+        self._labels: List[int] = []
+
+    def add(self, segments: Sequence[Tuple[List[int], bool]]) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+        count = sum(len(ids) for ids, _ in segments)
+        if count == 0:
+            self.stats.empty += 1
+            return
+        self.stats.documents += 1
+        self.stats.tokens += count
+        for ids, trainable in segments:
+            self._ids.extend(ids)
+            self._labels.extend(ids if trainable else [IGNORE_INDEX] * len(ids))
+            if trainable:
+                self.stats.trained_tokens += len(ids)
+        while len(self._ids) >= self.seq_length:
+            n = self.seq_length
+            ids_arr = np.asarray(self._ids[:n], dtype=np.int32)
+            labels_arr = np.asarray(self._labels[:n], dtype=np.int32)
+            del self._ids[:n], self._labels[:n]
+            self.stats.sequences += 1
+            yield ids_arr, labels_arr
+
+    def finish(self) -> None:
+        self.stats.dropped_tokens = len(self._ids)
+        self._ids.clear()
+        self._labels.clear()
+
+
+def expand_inputs(patterns: Sequence[str]) -> List[Path]:
+    files: List[Path] = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
+        matches = [m for m in matches if os.path.isfile(m)]
+        if not matches:
+            raise ConfigError("--input", f"{pattern!r} matches no file")
+        files.extend(Path(m) for m in matches)
+    return files
+
+
+def pack_files(fmt, files: Sequence[Path], tokenizer, seq_length: int,
+               progress: bool = True) -> Tuple[Iterator[Tuple[np.ndarray, np.ndarray]], PackStats]:
+    """A generator of packed (input_ids, labels) sequences, and the stats it fills as it runs."""
+    packer = Packer(seq_length)
+
+    def generate():
+        bar = _progress(files, progress)
+        for path in files:
+            for where, record in fmt.records(path):
+                yield from packer.add(fmt.segments(record, tokenizer, where))
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(seqs=packer.stats.sequences, refresh=False)
+        packer.finish()
+        if bar is not None:
+            bar.close()
+
+    return generate(), packer.stats
+
+
+def _progress(files, enabled):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(desc="tokenizing", unit=" docs", dynamic_ncols=True)

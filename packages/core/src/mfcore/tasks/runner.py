@@ -1,0 +1,269 @@
+"""What each run mode does with a validated TaskSpec: build the model and data, train, evaluate, generate.
+
+train      model from model_config (random init, the seed decides) or load_checkpoint; full training.
+finetune   model from load_checkpoint (or a tiny preset); LoRA when model_config has pet_config.
+eval       loss and perplexity of load_checkpoint on eval_dataset.
+predict    generate from --predict_data prompts, streaming the text as it comes.
+
+After training, the final weights go to output_dir/model (or output_dir/adapter for LoRA, plus the
+merged model in output_dir/model with `merge_lora: true`), with the tokenizer when one is known, so
+`mfcore run --run_mode predict --load_checkpoint output_dir/model` picks them up.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+from mfcore.utils.atomic import atomic_directory, atomic_write_text
+from mfcore.errors import CheckpointError, ConfigError, MfcoreError
+from mfcore.generation.streamers import TextStreamer
+from .spec import TaskSpec, read_task
+
+
+def run_task(args) -> int:
+    """`mfcore run`: read and validate the task, set MindSpore up once, run the mode it names."""
+    spec = read_task(args)
+    from mfcore.utils import runtime
+
+    context = spec.context
+    runtime.setup(device_target=context.get("device_target"), mode=context.get("mode"),
+                  device_id=context.get("device_id"), seed=spec.seed)
+    return run(spec)
+
+
+def run(spec: TaskSpec) -> int:
+    from mfcore.training.parallel import setup_parallel
+
+    parallel = setup_parallel(spec.parallel)
+    if spec.run_mode in ("train", "finetune"):
+        return run_train(spec, parallel)
+    if spec.run_mode == "eval":
+        return run_eval(spec)
+    return run_predict(spec)
+
+
+# -- config, model, tokenizer ----------------------------------------------------------------------
+
+def _prefixed(exc: ConfigError, prefix: str) -> ConfigError:
+    message = str(exc)
+    field = str(exc.field)
+    if message.startswith(f"{field}: "):
+        message = message[len(field) + 2:]
+    return ConfigError(f"{prefix}.{field}", message)
+
+
+def build_config(spec: TaskSpec, base_dir: Optional[Path] = None):
+    """The model config: YAML model_config on top of a preset / checkpoint config.json, if any."""
+    from mfcore.models.auto import AutoConfig, config_class_for, load_config_dict
+
+    overrides = dict(spec.model_config or {})
+    overrides.pop("type", None)
+    try:
+        if base_dir is not None and (base_dir / "config.json").exists():
+            data = load_config_dict(base_dir)
+            return config_class_for(data, str(base_dir)).from_dict(data, **overrides)
+        if spec.preset:
+            return AutoConfig.from_pretrained(spec.preset, **overrides)
+        data = dict(spec.model_config)
+        return config_class_for(data, "model.model_config").from_dict(data)
+    except ConfigError as exc:
+        if str(exc.field).startswith(("model.", "/", ".")) or "/" in str(exc.field):
+            raise
+        raise _prefixed(exc, "model.model_config") from exc
+
+
+def _checkpoint_path(spec: TaskSpec) -> Optional[Path]:
+    if not spec.load_checkpoint:
+        # a preset's weights converted into $MFCORE_HOME/models/<preset> (see mfcore.auto.installed_weights)
+        from mfcore.models.auto import installed_weights
+
+        return installed_weights(spec.preset) if spec.preset else None
+    path = Path(spec.load_checkpoint)
+    if not path.exists():
+        raise ConfigError("load_checkpoint", f"{path}: no such file or directory")
+    return path
+
+
+def load_model(spec: TaskSpec, allow_random: bool):
+    """(model, where its weights came from)."""
+    from mfcore.models.auto import AutoModelForCausalLM
+    from mfcore.training.lora import LoraConfig, inject_lora, is_adapter_dir, load_adapter, read_adapter_config
+
+    path = _checkpoint_path(spec)
+    if path is not None and path.is_dir() and is_adapter_dir(path):
+        info = read_adapter_config(path)
+        base = info.get("base_model")
+        if not base:
+            raise CheckpointError(f"{path}: adapter_config.json names no base_model; pass the base weights")
+        base_spec = TaskSpec(run_mode=spec.run_mode, task=spec.task, preset=None if Path(base).exists() else base,
+                             model_config=spec.model_config, load_checkpoint=base if Path(base).exists() else None)
+        model, _ = load_model(base_spec, allow_random=True)
+        fields = {k: info[k] for k in ("rank", "alpha", "dropout", "target_modules") if k in info}
+        inject_lora(model, LoraConfig(**fields))
+        load_adapter(model, path)
+        return model, f"{base} + LoRA adapter {path}"
+    if path is not None:
+        directory = path if path.is_dir() else path.parent
+        config = build_config(spec, directory) if (spec.model_config or spec.preset or
+                                                   not (directory / "config.json").exists()) else None
+        return AutoModelForCausalLM.from_pretrained(path, config=config), str(path)
+    if spec.preset:
+        config = build_config(spec)
+        return AutoModelForCausalLM.from_pretrained(spec.preset, config=config), f"preset {spec.preset}"
+    if not allow_random:
+        raise ConfigError("load_checkpoint", f"missing; run_mode {spec.run_mode} needs trained weights: pass "
+                                             "--load_checkpoint DIR (output_dir/model of a training run, or a "
+                                             "directory made from Hugging Face / Meta weights with `mfcore convert`)")
+    config = build_config(spec)
+    return AutoModelForCausalLM.from_config(config), "random initialisation (seed %d)" % spec.seed
+
+
+def load_tokenizer(spec: TaskSpec, required: bool):
+    """--tokenizer, else tokenizer files next to the weights, else processor.tokenizer, else the preset's."""
+    from mfcore.models.auto import AutoTokenizer
+    from mfcore.plugins.manager import get_plugins
+
+    candidates = []
+    if spec.tokenizer:
+        return AutoTokenizer.from_pretrained(spec.tokenizer)
+    path = _checkpoint_path(spec)
+    if path is not None:
+        directory = path if path.is_dir() else path.parent
+        candidates.append(directory)
+        adapter = directory / "adapter_config.json"
+        if adapter.exists():
+            base = json.loads(adapter.read_text(encoding="utf-8")).get("base_model")
+            if base and Path(base).is_dir():
+                candidates.append(Path(base))
+    for directory in candidates:
+        if (directory / "tokenizer_config.json").exists():
+            return AutoTokenizer.from_pretrained(directory)
+    if spec.tokenizer_spec:
+        tokenizer_spec = dict(spec.tokenizer_spec)
+        name = tokenizer_spec.pop("type", None)
+        tokenizer_spec.pop("auto_register", None)
+        if not name:
+            raise ConfigError("processor.tokenizer.type", "missing; name the tokenizer class (e.g. LlamaTokenizer)")
+        entry = get_plugins().tokenizers.find_by_class_name(name)
+        if entry is None:
+            raise ConfigError("processor.tokenizer.type", f"{name!r} is not a registered tokenizer")
+        try:
+            return entry.load()(**tokenizer_spec)
+        except ConfigError as exc:
+            raise _prefixed(exc, "processor.tokenizer") from exc
+    if spec.preset:
+        try:
+            return AutoTokenizer.from_pretrained(spec.preset)
+        except MfcoreError as exc:
+            if required:
+                raise ConfigError("--tokenizer", f"the preset's tokenizer cannot be loaded ({exc}); pass "
+                                                 "--tokenizer DIR (a directory with the tokenizer files)") from exc
+            return None
+    if required:
+        raise ConfigError("processor.tokenizer", "missing; predict needs a tokenizer: pass --tokenizer DIR, or "
+                                                 "put tokenizer files next to the weights")
+    return None
+
+
+# -- train / finetune ----------------------------------------------------------------------------
+
+def run_train(spec: TaskSpec, parallel) -> int:
+    from mfcore.data.mindrecord import read_mindrecord
+    from mfcore.training.lora import LoraConfig, inject_lora, merge_lora, save_adapter
+    from mfcore.training.trainer import Trainer, check_compute_dtype
+
+    check_compute_dtype(spec.training.compute_dtype)
+    train_data = read_mindrecord(spec.train_data)
+    eval_data = read_mindrecord(spec.eval_data) if spec.eval_data else None
+    model, source = load_model(spec, allow_random=spec.run_mode == "train" or spec.preset is not None)
+    if parallel.rank == 0:
+        print(f"model: {source}; {len(train_data['input_ids'])} training sequences of "
+              f"{train_data['input_ids'].shape[1]} tokens", file=sys.stderr)
+    lora = None
+    if spec.pet_config is not None:
+        lora = LoraConfig.from_dict(spec.pet_config)
+        lora.seed = spec.seed
+        wrapped = inject_lora(model, lora)
+        if parallel.rank == 0:
+            print(f"LoRA rank {lora.rank} alpha {lora.alpha} on {len(wrapped)} layers", file=sys.stderr)
+    trainer = Trainer(model, spec.training, train_data, eval_data, parallel=parallel)
+    result = trainer.train()
+    stopped = spec.training.stop_at_step and trainer.step >= spec.training.stop_at_step and \
+        trainer.step < trainer.total_steps()
+    if parallel.rank == 0 and not stopped:
+        out = Path(spec.output_dir)
+        tokenizer = load_tokenizer(spec, required=False)
+        if lora is not None:
+            base = str(Path(spec.load_checkpoint).resolve()) if spec.load_checkpoint else spec.preset
+            with atomic_directory(out / "adapter", overwrite=True) as tmp:
+                save_adapter(model, tmp, base_model=base)
+            result["adapter"] = str(out / "adapter")
+            if spec.merge_lora:
+                merge_lora(model)
+        if lora is None or spec.merge_lora:
+            with atomic_directory(out / "model", overwrite=True) as tmp:
+                model.save_pretrained(tmp)
+                if tokenizer is not None:
+                    tokenizer.save_pretrained(tmp)
+            result["model"] = str(out / "model")
+    print(json.dumps({"result": result, "rank": parallel.rank}, sort_keys=True))
+    return 0
+
+
+# -- eval ----------------------------------------------------------------------------------------
+
+def run_eval(spec: TaskSpec) -> int:
+    from mfcore.data.mindrecord import read_mindrecord
+    from mfcore.training.trainer import Trainer
+
+    model, source = load_model(spec, allow_random=False)
+    data = read_mindrecord(spec.eval_data)
+    result = Trainer(model, spec.training, eval_data=data).evaluate()
+    result["model"] = source
+    atomic_write_text(Path(spec.output_dir) / "eval_results.json", json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, sort_keys=True))
+    return 0
+
+
+# -- predict -------------------------------------------------------------------------------------
+
+def _new_tokens(row, prompt_width: int, model) -> list:
+    """The generated ids of one output row: after the (left-padded) prompt width, up to the first EOS
+    (a finished row is filled with padding while the others go on)."""
+    new = [int(t) for t in row[prompt_width:]]
+    eos = model.generation_config.eos_token_id
+    eos = set(eos if isinstance(eos, (list, tuple)) else [eos])
+    for index, token in enumerate(new):
+        if token in eos:
+            return new[:index + 1]
+    return new
+
+
+def run_predict(spec: TaskSpec) -> int:
+    model, source = load_model(spec, allow_random=False)
+    tokenizer = load_tokenizer(spec, required=True)
+    print(f"model: {source}", file=sys.stderr)
+    results = []
+    size = spec.predict_batch_size
+    for begin in range(0, len(spec.predict_data), size):
+        prompts = spec.predict_data[begin:begin + size]
+        rows = [tokenizer.encode(prompt) for prompt in prompts]
+        streamer = None
+        if len(prompts) == 1:  # one prompt: stream its text as it is generated
+            sys.stdout.write(prompts[0])
+            sys.stdout.flush()
+            streamer = TextStreamer(tokenizer)
+        out = model.generate(rows, max_new_tokens=spec.max_new_tokens, do_sample=spec.do_sample,
+                             streamer=streamer, seed=spec.seed, **spec.generation)
+        width = max(len(ids) for ids in rows)  # generate left-pads prompts to the longest
+        for prompt, row in zip(prompts, out):
+            new = _new_tokens(row, width, model)
+            text = tokenizer.decode(new, skip_special_tokens=True)
+            if streamer is None:
+                print(prompt + text)
+            results.append({"prompt": prompt, "output_ids": new, "text": text})
+    atomic_write_text(Path(spec.output_dir) / "predict_results.jsonl",
+                      "".join(json.dumps(r) + "\n" for r in results))
+    return 0
