@@ -26,8 +26,10 @@ import mindspore
 from mindspore import Parameter, Tensor, mint, nn, ops
 from mindspore.common.initializer import Normal, One, Zero, initializer
 
-from mfcore.kernels import decode_kernels
+from mfcore.errors import ConfigError
+from mfcore.kernels import decode_kernels, status as kernels_status
 from mfcore.models.modeling import MS_DTYPES, PreTrainedModel
+from mfcore.models.quantization import QuantizationConfig
 
 from .configuration_llama import LlamaConfig
 
@@ -75,6 +77,14 @@ def _cast(x, dtype):
 
 # -- layers ---------------------------------------------------------------------------------------
 
+def quantized_layers(config: LlamaConfig, parent: str):
+    """name -> whether the linear layer `parent.name` holds int8 weights (config.quantization_config)."""
+    quantization = QuantizationConfig.from_value(getattr(config, "quantization_config", None))
+    if quantization is None:
+        return lambda name: False
+    return lambda name: quantization.converts(f"{parent}.{name}" if parent else name)
+
+
 def fused_kernels(dtype):
     """mfcore's fused CPU kernels for float32 decode steps, or None (then MindSpore's ops); see
     mfcore.kernels.cpu."""
@@ -88,6 +98,25 @@ def single_row(x) -> bool:
     return x.ndim == 2 and x.shape[0] == 1
 
 
+def storage_linear(param_dtype, compute_dtype):
+    """The kernel computing x W^T in float32 straight from 16-bit weights (CPU, float32 compute), or None:
+    MindSpore would otherwise upcast the whole weight on every call (mfcore.kernels.cpu)."""
+    if compute_dtype != mindspore.float32 or param_dtype not in (mindspore.bfloat16, mindspore.float16):
+        return None
+    kernels = decode_kernels()
+    if kernels is None:
+        return None
+    return kernels.linear_bf16 if param_dtype == mindspore.bfloat16 else kernels.linear_f16
+
+
+def int8_linear():
+    kernels = decode_kernels()
+    if kernels is None:
+        raise ConfigError("quantization_config", "int8 weights run on mfcore's CPU kernels, which are off here "
+                                                 f"({kernels_status()}); load the model without quantization")
+    return kernels.linear_int8
+
+
 def linear(x, weight, bias=None, gemv=None):
     """x W^T (+ b); a single decode row goes to `gemv` when there is one (forward only)."""
     if gemv is not None and bias is None and single_row(x):
@@ -99,17 +128,30 @@ class LlamaLinear(nn.Cell):
     """y = x W^T (+ b). Weights are stored in the param dtype and used in the compute dtype."""
 
     def __init__(self, in_features, out_features, has_bias=False, param_dtype=mindspore.float32,
-                 compute_dtype=mindspore.float32, init_std=0.02, init_weights=True):
+                 compute_dtype=mindspore.float32, init_std=0.02, init_weights=True, quantized=False):
         super().__init__()
         weight_init = Normal(init_std) if init_weights else Zero()
-        self.weight = Parameter(initializer(weight_init, (out_features, in_features), param_dtype), name="weight")
+        self.weight_scale = None
+        if quantized:  # round-to-nearest int8, one scale per output channel (mfcore.models.quantization)
+            self.weight = Parameter(initializer(Zero(), (out_features, in_features), mindspore.int8), name="weight",
+                                    requires_grad=False)
+            self.weight_scale = Parameter(initializer(One(), (out_features,), mindspore.float32),
+                                          name="weight_scale", requires_grad=False)
+            self.storage_op = int8_linear()
+        else:
+            self.weight = Parameter(initializer(weight_init, (out_features, in_features), param_dtype), name="weight")
+            self.storage_op = storage_linear(param_dtype, compute_dtype)
         self.bias = Parameter(initializer(Zero(), (out_features,), param_dtype), name="bias") if has_bias else None
         self.compute_dtype = compute_dtype
-        kernels = fused_kernels(compute_dtype)
+        kernels = fused_kernels(compute_dtype) if self.storage_op is None else None
         self.gemv = kernels.gemv if kernels else None
 
     def construct(self, x):
         bias = None if self.bias is None else _cast(self.bias, self.compute_dtype)
+        if self.storage_op is not None:  # weights read in their storage dtype, float32 out
+            y = self.storage_op(x, self.weight) if self.weight_scale is None else \
+                self.storage_op(x, self.weight, self.weight_scale)
+            return y if bias is None else y + bias
         return linear(x, _cast(self.weight, self.compute_dtype), bias, self.gemv)
 
 
@@ -120,8 +162,13 @@ class LlamaEmbedding(nn.Cell):
         weight_init = Normal(init_std) if init_weights else Zero()
         self.embedding_weight = Parameter(initializer(weight_init, (vocab_size, hidden_size), param_dtype),
                                           name="embedding_weight")
+        kernels = decode_kernels() if param_dtype == mindspore.bfloat16 and compute_dtype == mindspore.float32 \
+            else None
+        self.gather_bf16 = kernels.embed_bf16 if kernels else None  # rows widened, the table never is
 
     def construct(self, input_ids):
+        if self.gather_bf16 is not None:
+            return self.gather_bf16(input_ids, self.embedding_weight)
         # mint's embedding has no CPU kernel; Gather has none for bfloat16 either, hence the cast first.
         return ops.gather(_cast(self.embedding_weight, self.compute_dtype), input_ids, 0)
 
@@ -168,10 +215,12 @@ class LlamaAttention(nn.Cell):
         kv_size = self.n_kv_heads * self.head_dim
         std = config.initializer_range
         linear = dict(param_dtype=param_dtype, compute_dtype=compute_dtype, init_std=std, init_weights=init_weights)
-        self.wq = LlamaLinear(config.hidden_size, config.hidden_size, config.qkv_has_bias, **linear)
-        self.wk = LlamaLinear(config.hidden_size, kv_size, config.qkv_has_bias, **linear)
-        self.wv = LlamaLinear(config.hidden_size, kv_size, config.qkv_has_bias, **linear)
-        self.wo = LlamaLinear(config.hidden_size, config.hidden_size, False, **linear)
+        quantized = quantized_layers(config, "attention")
+        self.wq = LlamaLinear(config.hidden_size, config.hidden_size, config.qkv_has_bias, **linear,
+                              quantized=quantized("wq"))
+        self.wk = LlamaLinear(config.hidden_size, kv_size, config.qkv_has_bias, **linear, quantized=quantized("wk"))
+        self.wv = LlamaLinear(config.hidden_size, kv_size, config.qkv_has_bias, **linear, quantized=quantized("wv"))
+        self.wo = LlamaLinear(config.hidden_size, config.hidden_size, False, **linear, quantized=quantized("wo"))
         self.matmul_qk = ops.BatchMatMul(transpose_b=True)
 
     def project(self, x, cos, sin, rotate):
@@ -264,9 +313,10 @@ class LlamaFeedForward(nn.Cell):
         super().__init__()
         linear = dict(param_dtype=param_dtype, compute_dtype=compute_dtype, init_std=config.initializer_range,
                       init_weights=init_weights)
-        self.w1 = LlamaLinear(config.hidden_size, config.intermediate_size, **linear)
-        self.w2 = LlamaLinear(config.intermediate_size, config.hidden_size, **linear)
-        self.w3 = LlamaLinear(config.hidden_size, config.intermediate_size, **linear)
+        quantized = quantized_layers(config, "feed_forward")
+        self.w1 = LlamaLinear(config.hidden_size, config.intermediate_size, **linear, quantized=quantized("w1"))
+        self.w2 = LlamaLinear(config.intermediate_size, config.hidden_size, **linear, quantized=quantized("w2"))
+        self.w3 = LlamaLinear(config.hidden_size, config.intermediate_size, **linear, quantized=quantized("w3"))
         kernels = fused_kernels(compute_dtype)
         self.swiglu = kernels.swiglu if kernels else None
         self.compute_dtype = compute_dtype
@@ -351,18 +401,22 @@ class LlamaForCausalLM(PreTrainedModel):
         self.model = LlamaModel(config, param_dtype, compute_dtype, init_weights)
         kernels = fused_kernels(compute_dtype) if self.tie_word_embeddings else None
         self.tied_head_gemv = kernels.gemv if kernels else None
+        self.tied_head_storage = storage_linear(param_dtype, compute_dtype) if self.tie_word_embeddings else None
         if self.tie_word_embeddings:
             self.lm_head = None
             self.ignored_checkpoint_names = ("lm_head.weight",)  # Hugging Face may save the tied copy
         else:
             self.lm_head = LlamaLinear(config.hidden_size, config.vocab_size, False, param_dtype, compute_dtype,
-                                       config.initializer_range, init_weights)
+                                       config.initializer_range, init_weights,
+                                       quantized=quantized_layers(config, "")("lm_head"))
         self.compute_type = compute_dtype
 
     def logits(self, hidden):
         """Final norm and output head, logits in float32."""
         hidden = self.model.norm_out(hidden)
-        if self.lm_head is None:
+        if self.lm_head is None and self.tied_head_storage is not None:
+            logits = self.tied_head_storage(hidden, self.model.tok_embeddings.embedding_weight)
+        elif self.lm_head is None:
             weight = _cast(self.model.tok_embeddings.embedding_weight, self.compute_type)
             logits = linear(hidden, weight, gemv=self.tied_head_gemv)
         else:

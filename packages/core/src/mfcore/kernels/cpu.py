@@ -1,4 +1,5 @@
-"""Fused float32 kernels for the decode step on CPU, run by MindSpore as AOT `Custom` ops.
+"""Compiled CPU kernels run by MindSpore as AOT `Custom` ops: fused float32 decode kernels, and linear
+layers on weights kept in bfloat16, float16 or int8.
 
 Why: at one token per row a decode step is ~160 small kernels, and MindSpore 2.10's CPU MatMul on
 one-row shapes takes about twice as long as torch's (benchmarks/RESULTS.md, "Generate"). csrc/
@@ -9,7 +10,12 @@ once per machine:
 - `swiglu(x, W1, W3)`: silu(x . W1^T) * (x . W3^T), the MLP's gate and up projections, one kernel
   instead of five.
 
-They are used only where that is safe: MindSpore on CPU, float32, the decode path (models call them for
+csrc/weight_kernels.cc serves models whose weights stay in their storage dtype (any row count: decode
+streams each weight once, prompts run register tiles): `linear_bf16`, `linear_f16`, `linear_int8` (per
+output channel scales) and `embed_bf16`. Without them MindSpore's CPU backend would upcast every 16-bit
+weight to float32 on each call (it has no bfloat16 matmul), which at 8B does not fit in memory.
+
+The fused float32 kernels are used only where that is safe: MindSpore on CPU, float32, the decode path (models call them for
 2-D single-row inputs, decided at trace time; training and prompts keep MindSpore's ops), forward only,
 and only if the library compiled. Without a compiler, on other devices, or with MFCORE_CPU_KERNELS=0,
 `decode_kernels()` returns None and models use MindSpore's ops; `status()` says why. The library goes to
@@ -29,8 +35,11 @@ from typing import NamedTuple, Optional
 
 from mfcore.utils.paths import mfcore_home
 
-SOURCE = Path(__file__).with_name("csrc") / "decode_kernels.cc"
-FLAGS = ("-O3", "-march=native", "-std=c++11", "-shared", "-fPIC")
+SOURCES = (Path(__file__).with_name("csrc") / "decode_kernels.cc", Path(__file__).with_name("csrc") / "weight_kernels.cc")
+# -march=native: the vector path (AVX-512, AVX2, or plain C++) is chosen for the CPU the library is built on;
+# the cache key below holds the CPU's flags, so another CPU builds its own. OpenMP splits the weight kernels
+# over the cores (passive waiting, see mfcore/__init__.py).
+FLAGS = ("-O3", "-march=native", "-std=c++11", "-shared", "-fPIC", "-fopenmp")
 
 _lock = threading.Lock()
 _state = {"kernels": None, "done": False, "status": "not built yet"}
@@ -45,6 +54,11 @@ class DecodeKernels(NamedTuple):
     gemv: object      # (x (rows, K), W (N, K)) -> (rows, N)
     rms_norm: object  # (x (rows, H), weight (H,), eps (1,)) -> (rows, H)
     swiglu: object    # (x (rows, K), W1 (N, K), W3 (N, K)) -> (rows, N)
+    # Weights in their storage dtype, float32 activations and sums (csrc/weight_kernels.cc), any row count:
+    linear_bf16: object  # (x (rows, K) f32, W (N, K) bfloat16) -> (rows, N) f32
+    linear_f16: object   # (x (rows, K) f32, W (N, K) float16) -> (rows, N) f32
+    linear_int8: object  # (x (rows, K) f32, Wq (N, K) int8, scale (N,) f32) -> (rows, N) f32
+    embed_bf16: object   # (ids (...) int32/int64, table (V, H) bfloat16) -> (..., H) f32
 
 
 def decode_kernels() -> Optional[DecodeKernels]:
@@ -74,13 +88,22 @@ def _build():
     if allowed and not any(_is_under(library, Path(p)) for p in allowed.split(":") if p):
         return None, f"off: {library} is outside MS_CUSTOM_AOT_WHITE_LIST ({allowed})"
 
-    def custom(symbol, out_shape):  # forward only: the decode path is never differentiated
-        return ops.Custom(f"{library}:{symbol}", out_shape=out_shape, out_dtype=lambda x, *weights: x,
-                          func_type="aot")
+    def custom(symbol, out_shape, out_dtype=lambda x, *weights: x):  # forward only: never differentiated
+        return ops.Custom(f"{library}:{symbol}", out_shape=out_shape, out_dtype=out_dtype, func_type="aot")
 
-    kernels = DecodeKernels(gemv=custom("MfcoreGemv", lambda x, w: x[:-1] + [w[0]]),
+    def float32(*dtypes):
+        return mindspore.float32
+
+    def projection(x, w, *scale):
+        return x[:-1] + [w[0]]
+
+    kernels = DecodeKernels(gemv=custom("MfcoreGemv", projection),
                             rms_norm=custom("MfcoreRmsNorm", lambda x, w, eps: x),
-                            swiglu=custom("MfcoreSwiglu", lambda x, w1, w3: x[:-1] + [w1[0]]))
+                            swiglu=custom("MfcoreSwiglu", lambda x, w1, w3: x[:-1] + [w1[0]]),
+                            linear_bf16=custom("MfcoreLinearBf16", projection),
+                            linear_f16=custom("MfcoreLinearF16", projection),
+                            linear_int8=custom("MfcoreLinearInt8", projection),
+                            embed_bf16=custom("MfcoreEmbedBf16", lambda ids, table: ids + [table[1]], float32))
     return kernels, f"on: {library}"
 
 
@@ -97,7 +120,7 @@ def _compiled_library():
     compiler = shutil.which(os.environ.get("CXX", "g++"))
     if compiler is None:
         return None, "off: no C++ compiler (g++ or $CXX) on PATH"
-    source = SOURCE.read_bytes()
+    source = b"".join(path.read_bytes() for path in SOURCES)
     try:
         version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError) as exc:
@@ -113,10 +136,10 @@ def _compiled_library():
         handle, temporary = tempfile.mkstemp(prefix=".mfcore_decode_kernels-", suffix=".so", dir=folder)
         os.close(handle)
         try:
-            result = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", temporary], capture_output=True,
+            result = subprocess.run([compiler, *FLAGS, *map(str, SOURCES), "-o", temporary], capture_output=True,
                                     text=True, timeout=120)
             if result.returncode != 0:
-                return None, f"off: compiling {SOURCE} failed: {result.stderr.strip()[-500:]}"
+                return None, f"off: compiling {', '.join(p.name for p in SOURCES)} failed: {result.stderr.strip()[-500:]}"
             os.replace(temporary, library)
         finally:
             if os.path.exists(temporary):

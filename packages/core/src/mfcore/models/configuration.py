@@ -28,6 +28,8 @@ from mfcore.plugins.manager import get_plugins
 from mfcore.plugins.types import Preset
 from mfcore.utils.atomic import atomic_write_text
 
+from .quantization import QuantizationConfig
+
 CONFIG_NAME = "config.json"
 
 # Keys written by other tools that carry no information for us: accepted silently.
@@ -64,11 +66,14 @@ class PretrainedConfig:
     inert_keys: Dict[str, str] = {}
 
     def __init__(self, bos_token_id=None, eos_token_id=None, pad_token_id=None,
-                 tie_word_embeddings=False, **kwargs):
+                 tie_word_embeddings=False, quantization_config=None, **kwargs):
         self.bos_token_id = bos_token_id
         self.eos_token_id = eos_token_id
         self.pad_token_id = pad_token_id
         self.tie_word_embeddings = tie_word_embeddings
+        # weight-only int8 (mfcore.models.quantization), kept as the plain mapping config.json holds
+        quantization = QuantizationConfig.from_value(quantization_config)
+        self.quantization_config = quantization.to_dict() if quantization is not None else None
         unknown, inert = [], []
         for key, value in kwargs.items():
             if key in self.attribute_map:

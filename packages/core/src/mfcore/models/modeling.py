@@ -27,6 +27,7 @@ from mfcore.generation.decoding import generate as _generate
 from mfcore.utils.runtime import ensure_runtime, supports_compute_dtype
 
 from .configuration import PretrainedConfig, normalize_dtype
+from .quantization import SCALE_SUFFIX, quantize_rtn_int8
 from .weight_files import (DEFAULT_MAX_SHARD_SIZE, TRAINING_STATE, checkpoint_shapes, find_weight_files, name_list,
                            parse_size, read_checkpoint, save_tensors_file)
 
@@ -61,6 +62,20 @@ class PreTrainedModel(nn.Cell):
             warnings.warn("bfloat16 compute does not exist on MindSpore's CPU backend: weights stay in bfloat16 "
                           "(storage) and the network computes in float32. Use Ascend for bfloat16 compute.",
                           UserWarning, stacklevel=3)
+            config.compute_dtype = "float32"
+
+    @staticmethod
+    def settle_cpu_storage(config: PretrainedConfig, dtype=None) -> None:
+        """On CPU, 16-bit weights stay 16-bit and compute in float32 through mfcore's weight kernels (a
+        quantized model keeps its other weights in bfloat16 unless `dtype=` says otherwise)."""
+        from mfcore.utils.runtime import device_target
+
+        if device_target() != "CPU":
+            return
+        if dtype is None and getattr(config, "quantization_config", None):
+            config.param_init_type = "bfloat16"
+            config.compute_dtype = "float32"
+        elif dtype is not None and normalize_dtype(dtype) == "float16":
             config.compute_dtype = "float32"
 
     @property
@@ -102,6 +117,7 @@ class PreTrainedModel(nn.Cell):
             if config is None:
                 config = cls._config_from(directory, config_overrides)
             cls.resolve_dtypes(config, dtype)
+            cls.settle_cpu_storage(config, dtype)
             weights = find_weight_files(directory) if path.is_dir() else [path]
             model = cls(config, init_weights=False)
             model.load_checkpoint(weights)
@@ -228,7 +244,9 @@ class PreTrainedModel(nn.Cell):
             else:
                 plan[name] = param
                 seen.add(native)
-        missing = sorted(set(params) - seen)
+        # Scales of int8 weights loaded from float ones are computed while loading, not read.
+        computed = {native + SCALE_SUFFIX for native in seen if params[native].dtype == mindspore.int8}
+        missing = sorted(set(params) - seen - computed)
         problems = []
         if missing:
             problems.append(f"missing parameter(s): {name_list(missing)}")
@@ -245,7 +263,13 @@ class PreTrainedModel(nn.Cell):
             warnings.warn(" | ".join(problems), UserWarning, stacklevel=2)
         for name, value in read_checkpoint(files):
             param = plan.get(name)
-            if param is not None:
+            if param is None:
+                continue
+            if param.dtype == mindspore.int8 and value.dtype != mindspore.int8:  # quantize while loading
+                quantized, scale = quantize_rtn_int8(_float_array(value))
+                param.set_data(Tensor.from_numpy(quantized))
+                params[translate(name) + SCALE_SUFFIX].set_data(Tensor.from_numpy(scale))
+            else:  # same dtype: the tensor read is taken as it is, no copy
                 param.set_data(value if value.dtype == param.dtype else value.astype(param.dtype))
 
     # -- generation -----------------------------------------------------------------------------
@@ -307,3 +331,11 @@ class PreTrainedModel(nn.Cell):
         labels = kwargs.get("labels")
         labels = Tensor(np.asarray(labels, dtype=np.int32)) if labels is not None else None
         return input_ids, labels, None, None, None
+
+
+def _float_array(value) -> np.ndarray:
+    """A float tensor read from a checkpoint as a float32 numpy array (bfloat16 widened exactly)."""
+    if value.dtype == mindspore.bfloat16:
+        bits = value.view(mindspore.int16).asnumpy().view(np.uint16)
+        return (bits.astype(np.uint32) << 16).view(np.float32)
+    return value.asnumpy().astype(np.float32, copy=False)

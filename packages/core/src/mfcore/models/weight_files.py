@@ -11,12 +11,13 @@ from pathlib import Path
 from typing import Iterable, List, Sequence, Tuple, Union
 
 import mindspore
+import numpy as np
 from mindspore import Tensor
 
 from mfcore.errors import CheckpointError, ConfigError
 from mfcore.utils.atomic import atomic_path
 
-from .safetensors_reader import SafetensorsFile, bf16_to_f32
+from .safetensors_reader import SafetensorsFile
 
 WEIGHTS_NAME = "mindspore_model.safetensors"
 WEIGHTS_INDEX_NAME = "mindspore_model.safetensors.index.json"
@@ -73,14 +74,18 @@ def find_weight_files(directory: Path) -> List[Path]:
 
 
 def read_safetensors(path: Path) -> Iterable[Tuple[str, Tensor]]:
-    """Yield (name, MindSpore tensor) one tensor at a time; bfloat16 stays bfloat16, exactly."""
+    """Yield (name, MindSpore tensor) one tensor at a time, each built on the buffer it was read into (no
+    copy); bfloat16 stays bfloat16, exactly (its bits are viewed, not converted)."""
     file = SafetensorsFile(path)
     for name in file.names():
-        array = file.read(name)
-        if file.dtype(name) == "BF16":  # widen the raw bits to float32 (exact), then cast back
-            yield name, Tensor(bf16_to_f32(array)).astype(mindspore.bfloat16)
-        else:
-            yield name, Tensor(array)
+        yield name, as_tensor(file.read(name), file.dtype(name))
+
+
+def as_tensor(array: np.ndarray, dtype: str) -> Tensor:
+    """A tensor sharing `array`'s memory; safetensors' BF16 (read as uint16 bits) becomes bfloat16."""
+    if dtype == "BF16":
+        return Tensor.from_numpy(array.view(np.int16)).view(mindspore.bfloat16)
+    return Tensor.from_numpy(np.ascontiguousarray(array))
 
 
 def load_ckpt(file: Path) -> dict:

@@ -1,0 +1,269 @@
+// Linear layers whose weights stay in their storage dtype (bfloat16, float16, or int8 with one float32
+// scale per output channel), called by MindSpore as AOT Custom ops (see mfcore/kernels/cpu.py). The
+// activations and every sum are float32; a weight is widened to float32 in registers as it is read, so
+// the model is held once, in 16 or 8 bits, and never upcast as a whole.
+//   MfcoreLinearBf16  y = x . W^T            W (N, K) bfloat16
+//   MfcoreLinearF16   y = x . W^T            W (N, K) float16
+//   MfcoreLinearInt8  y = (x . Wq^T) * s     Wq (N, K) int8, s (N) float32: round-to-nearest, per channel
+//   MfcoreEmbedBf16   y = table[ids]         table (V, H) bfloat16 -> float32 rows
+// x is (rows, K). Few rows (decode) stream each weight row once for all rows: memory bound. Many rows
+// (prefill) widen a block of 4 weight rows once into a float32 buffer and run 4x4 register tiles over it:
+// compute bound. Both split the output channels over the OpenMP threads. The vector width is chosen when
+// the library is compiled for the machine it runs on (-march=native): AVX-512, AVX2 + F16C + FMA, or
+// plain C++ where neither exists.
+#include <cstdint>
+#include <cstring>
+#include <vector>
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__) && defined(__F16C__))
+#include <immintrin.h>
+#endif
+
+namespace {
+
+inline float bf16_to_float(uint16_t bits) {
+  uint32_t wide = static_cast<uint32_t>(bits) << 16;
+  float value;
+  std::memcpy(&value, &wide, sizeof value);
+  return value;
+}
+
+inline float half_to_float(uint16_t h) {
+  const uint32_t sign = (h & 0x8000u) << 16, exponent = (h >> 10) & 0x1fu, mantissa = h & 0x3ffu;
+  uint32_t bits;
+  if (exponent == 0) {
+    if (mantissa == 0) {
+      bits = sign;
+    } else {  // subnormal: normalise
+      int shift = 0;
+      uint32_t m = mantissa;
+      while (!(m & 0x400u)) { m <<= 1; ++shift; }
+      bits = sign | ((113u - shift) << 23) | ((m & 0x3ffu) << 13);
+    }
+  } else if (exponent == 31) {
+    bits = sign | 0x7f800000u | (mantissa << 13);
+  } else {
+    bits = sign | ((exponent + 112u) << 23) | (mantissa << 13);
+  }
+  float value;
+  std::memcpy(&value, &bits, sizeof value);
+  return value;
+}
+
+struct Bf16 { using T = uint16_t; static float one(T v) { return bf16_to_float(v); } };
+struct F16 { using T = uint16_t; static float one(T v) { return half_to_float(v); } };
+struct Int8 { using T = int8_t; static float one(T v) { return static_cast<float>(v); } };
+
+#if defined(__AVX512F__)
+constexpr int64_t kWidth = 16;
+using Vec = __m512;
+inline Vec vzero() { return _mm512_setzero_ps(); }
+inline Vec vload(const float* p) { return _mm512_loadu_ps(p); }
+inline void vstore(float* p, Vec v) { _mm512_storeu_ps(p, v); }
+inline Vec vfma(Vec a, Vec b, Vec c) { return _mm512_fmadd_ps(a, b, c); }
+inline float vsum(Vec v) { return _mm512_reduce_add_ps(v); }
+inline Vec wload(const uint16_t* p, Bf16) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16));
+}
+inline Vec wload(const uint16_t* p, F16) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p)); }
+inline Vec wload(const int8_t* p, Int8) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)p)));
+}
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+constexpr int64_t kWidth = 8;
+using Vec = __m256;
+inline Vec vzero() { return _mm256_setzero_ps(); }
+inline Vec vload(const float* p) { return _mm256_loadu_ps(p); }
+inline void vstore(float* p, Vec v) { _mm256_storeu_ps(p, v); }
+inline Vec vfma(Vec a, Vec b, Vec c) { return _mm256_fmadd_ps(a, b, c); }
+inline float vsum(Vec v) {
+  __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  h = _mm_hadd_ps(h, h);
+  h = _mm_hadd_ps(h, h);
+  return _mm_cvtss_f32(h);
+}
+inline Vec wload(const uint16_t* p, Bf16) {
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p)), 16));
+}
+inline Vec wload(const uint16_t* p, F16) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p)); }
+inline Vec wload(const int8_t* p, Int8) {
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)p)));
+}
+#else
+constexpr int64_t kWidth = 1;  // portable fallback: plain loops the compiler may vectorise
+struct Vec { float v; };
+inline Vec vzero() { return {0.0f}; }
+inline Vec vload(const float* p) { return {*p}; }
+inline void vstore(float* p, Vec v) { *p = v.v; }
+inline Vec vfma(Vec a, Vec b, Vec c) { return {a.v * b.v + c.v}; }
+inline float vsum(Vec v) { return v.v; }
+template <class W>
+inline Vec wload(const typename W::T* p, W) { return {W::one(*p)}; }
+#endif
+
+constexpr int64_t kDecodeRows = 4;  // up to this many rows, weights are streamed (decode)
+constexpr int64_t kTile = 4;        // prefill register tile: 4 rows of x by 4 rows of W
+
+// Up to 4 rows of x against one weight row, read once.
+template <class W>
+void dot_rows(const float* x, int64_t rows, int64_t k, const typename W::T* w, float* out) {
+  Vec acc[kDecodeRows] = {vzero(), vzero(), vzero(), vzero()};
+  int64_t i = 0;
+  for (; i + kWidth <= k; i += kWidth) {
+    const Vec wv = wload(w + i, W());
+    for (int64_t r = 0; r < rows; ++r) acc[r] = vfma(vload(x + r * k + i), wv, acc[r]);
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    float sum = vsum(acc[r]);
+    for (int64_t t = i; t < k; ++t) sum += x[r * k + t] * W::one(w[t]);
+    out[r] = sum;
+  }
+}
+
+template <class W>
+void linear_streaming(const float* x, const typename W::T* w, const float* scale, float* y, int64_t rows,
+                      int64_t n, int64_t k) {
+#pragma omp parallel for schedule(static)
+  for (int64_t j = 0; j < n; ++j) {
+    for (int64_t r0 = 0; r0 < rows; r0 += kDecodeRows) {
+      const int64_t count = rows - r0 < kDecodeRows ? rows - r0 : kDecodeRows;
+      float out[kDecodeRows];
+      dot_rows<W>(x + r0 * k, count, k, w + j * k, out);
+      for (int64_t r = 0; r < count; ++r) y[(r0 + r) * n + j] = scale ? out[r] * scale[j] : out[r];
+    }
+  }
+}
+
+// 4 rows of x (some may repeat the last real row) against 4 widened weight rows in `block`.
+void tile_4x4(const float* const xr[kTile], const float* block, int64_t k, float out[kTile][kTile]) {
+  Vec acc[kTile][kTile];
+  for (auto& row : acc)
+    for (auto& a : row) a = vzero();
+  int64_t i = 0;
+  for (; i + kWidth <= k; i += kWidth) {
+    const Vec w0 = vload(block + i), w1 = vload(block + k + i), w2 = vload(block + 2 * k + i),
+              w3 = vload(block + 3 * k + i);
+    for (int r = 0; r < kTile; ++r) {
+      const Vec xv = vload(xr[r] + i);
+      acc[r][0] = vfma(xv, w0, acc[r][0]);
+      acc[r][1] = vfma(xv, w1, acc[r][1]);
+      acc[r][2] = vfma(xv, w2, acc[r][2]);
+      acc[r][3] = vfma(xv, w3, acc[r][3]);
+    }
+  }
+  for (int r = 0; r < kTile; ++r)
+    for (int c = 0; c < kTile; ++c) {
+      float sum = vsum(acc[r][c]);
+      for (int64_t t = i; t < k; ++t) sum += xr[r][t] * block[c * k + t];
+      out[r][c] = sum;
+    }
+}
+
+template <class W>
+void widen(const typename W::T* w, int64_t count, float* out) {
+  int64_t i = 0;
+  for (; i + kWidth <= count; i += kWidth) vstore(out + i, wload(w + i, W()));
+  for (; i < count; ++i) out[i] = W::one(w[i]);
+}
+
+template <class W>
+void linear_tiled(const float* x, const typename W::T* w, const float* scale, float* y, int64_t rows, int64_t n,
+                  int64_t k) {
+#pragma omp parallel
+  {
+    std::vector<float> block(kTile * k);
+    const int64_t blocks = (n + kTile - 1) / kTile;
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t j0 = b * kTile, cols = n - j0 < kTile ? n - j0 : kTile;
+      widen<W>(w + j0 * k, cols * k, block.data());
+      std::memset(block.data() + cols * k, 0, sizeof(float) * (kTile - cols) * k);
+      for (int64_t r0 = 0; r0 < rows; r0 += kTile) {
+        const int64_t count = rows - r0 < kTile ? rows - r0 : kTile;
+        const float* xr[kTile];
+        for (int r = 0; r < kTile; ++r) xr[r] = x + (r0 + (r < count ? r : count - 1)) * k;
+        float out[kTile][kTile];
+        tile_4x4(xr, block.data(), k, out);
+        for (int64_t r = 0; r < count; ++r)
+          for (int64_t c = 0; c < cols; ++c)
+            y[(r0 + r) * n + j0 + c] = scale ? out[r][c] * scale[j0 + c] : out[r][c];
+      }
+    }
+  }
+}
+
+bool is(const char* dtype, const char* name) { return std::strcmp(dtype, name) == 0; }
+bool is_float32(const char* dtype) { return is(dtype, "float32") || is(dtype, "float"); }
+
+int64_t leading_rows(int ndim, const int64_t* shape) {
+  int64_t rows = 1;
+  for (int d = 0; d < ndim - 1; ++d) rows *= shape[d];
+  return rows;
+}
+
+template <class W>
+int linear_entry(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, const char* wtype,
+                 bool scaled) {
+  const int out = scaled ? 3 : 2;
+  if (nparam != out + 1 || ndims[1] != 2 || !is_float32(dtypes[0]) || !is(dtypes[1], wtype) ||
+      !is_float32(dtypes[out]) || (scaled && (!is_float32(dtypes[2]) || ndims[2] != 1)))
+    return 1;
+  const int64_t k = shapes[0][ndims[0] - 1], n = shapes[1][0], rows = leading_rows(ndims[0], shapes[0]);
+  if (shapes[1][1] != k || (scaled && shapes[2][0] != n)) return 2;
+  const float* x = static_cast<const float*>(params[0]);
+  const auto* w = static_cast<const typename W::T*>(params[1]);
+  const float* scale = scaled ? static_cast<const float*>(params[2]) : nullptr;
+  float* y = static_cast<float*>(params[out]);
+  if (rows <= kDecodeRows)
+    linear_streaming<W>(x, w, scale, y, rows, n, k);
+  else
+    linear_tiled<W>(x, w, scale, y, rows, n, k);
+  return 0;
+}
+
+}  // namespace
+
+// params: x (rows, K) float32, W (N, K) bfloat16 -> y (rows, N) float32
+extern "C" int MfcoreLinearBf16(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes,
+                                void* stream, void* extra) {
+  (void)stream;
+  (void)extra;
+  return linear_entry<Bf16>(nparam, params, ndims, shapes, dtypes, "bfloat16", false);
+}
+
+// params: x (rows, K) float32, W (N, K) float16 -> y (rows, N) float32
+extern "C" int MfcoreLinearF16(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes,
+                               void* stream, void* extra) {
+  (void)stream;
+  (void)extra;
+  return linear_entry<F16>(nparam, params, ndims, shapes, dtypes, "float16", false);
+}
+
+// params: x (rows, K) float32, Wq (N, K) int8, scale (N) float32 -> y (rows, N) float32
+extern "C" int MfcoreLinearInt8(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes,
+                                void* stream, void* extra) {
+  (void)stream;
+  (void)extra;
+  return linear_entry<Int8>(nparam, params, ndims, shapes, dtypes, "int8", true);
+}
+
+// params: ids (...) int32 or int64, table (V, H) bfloat16 -> y (..., H) float32. An id outside the
+// table fails the op (error 3) instead of reading past it.
+extern "C" int MfcoreEmbedBf16(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes,
+                               void* stream, void* extra) {
+  (void)stream;
+  (void)extra;
+  if (nparam != 3 || ndims[1] != 2 || !is(dtypes[1], "bfloat16") || !is_float32(dtypes[2])) return 1;
+  const bool wide = is(dtypes[0], "int64");
+  if (!wide && !is(dtypes[0], "int32")) return 1;
+  int64_t count = 1;
+  for (int d = 0; d < ndims[0]; ++d) count *= shapes[0][d];
+  const int64_t vocab = shapes[1][0], h = shapes[1][1];
+  const auto* table = static_cast<const uint16_t*>(params[1]);
+  float* y = static_cast<float*>(params[2]);
+  for (int64_t t = 0; t < count; ++t) {
+    const int64_t id = wide ? static_cast<const int64_t*>(params[0])[t] : static_cast<const int32_t*>(params[0])[t];
+    if (id < 0 || id >= vocab) return 3;
+    widen<Bf16>(table + id * h, h, y + t * h);
+  }
+  return 0;
+}

@@ -1,0 +1,144 @@
+"""Weights held in their storage dtype on CPU: bfloat16 / float16 computed by mfcore's weight kernels, and
+round-to-nearest int8 weight-only quantization. Each path is compared with a float32 model built from the
+same (rounded or dequantized) weights, computed by MindSpore's own float32 ops."""
+import json
+
+import numpy as np
+import pytest
+
+import mindspore
+from mindspore import Tensor
+
+from mfcore import ConfigError
+from mfcore.kernels import decode_kernels, status
+from mfcore.models.quantization import QuantizationConfig, quantize_rtn_int8
+from mf_llama2 import LlamaConfig
+from mf_llama2.modeling_llama import LlamaForCausalLM, LlamaLinear
+
+# Odd sizes (40, 53) exercise the kernels' vector tails; norms randomised so that a skipped norm shows.
+TINY = dict(vocab_size=53, hidden_size=32, num_layers=2, num_heads=4, n_kv_heads=2, intermediate_size=40,
+            seq_length=64, initializer_range=0.1)
+INT8 = {"quant_method": "rtn", "weight_dtype": "int8"}
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    if decode_kernels() is None:
+        pytest.skip(f"mfcore's CPU kernels are off here: {status()}")
+    model = LlamaForCausalLM(LlamaConfig(**TINY))
+    rng = np.random.default_rng(1)
+    for name, param in model.parameters_and_names():
+        if name.endswith("norm.weight") or name.endswith("norm_out.weight"):
+            param.set_data(Tensor((1 + 0.3 * rng.standard_normal(param.shape)).astype(np.float32)))
+    directory = tmp_path_factory.mktemp("tiny")
+    model.save_pretrained(directory)
+    return directory
+
+
+def _ids(shape=(2, 9), seed=0):
+    return np.random.default_rng(seed).integers(0, TINY["vocab_size"], shape)
+
+
+def _logits(model, ids):
+    return model(Tensor(np.asarray(ids, dtype=np.int32))).asnumpy()
+
+
+def _reference(directory, transform):
+    """The float32 model with every linear weight replaced by transform(weight)."""
+    model = LlamaForCausalLM.from_pretrained(directory)
+    for name, param in model.parameters_and_names():
+        if name.endswith(".weight") and param.ndim == 2:
+            param.set_data(Tensor(transform(param.asnumpy()).astype(np.float32)))
+    return model
+
+
+def _linears(model):
+    return [cell for _, cell in model.cells_and_names() if isinstance(cell, LlamaLinear)]
+
+
+def test_bfloat16_weights_stay_bfloat16_and_compute_through_the_kernels(saved):
+    with pytest.warns(UserWarning, match="bfloat16 compute"):
+        model = LlamaForCausalLM.from_pretrained(saved, dtype="bfloat16")
+    assert all(p.dtype == mindspore.bfloat16 for p in model.get_parameters())
+    assert all(layer.storage_op is not None for layer in _linears(model))
+    assert model.model.tok_embeddings.gather_bf16 is not None
+
+    def round_bf16(w):
+        bits = w.astype(np.float32).view(np.uint32)
+        return (((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16).astype(np.uint32).view(np.float32)
+
+    reference = _reference(saved, round_bf16)
+    for cell in (reference.model.tok_embeddings,):
+        cell.embedding_weight.set_data(Tensor(round_bf16(cell.embedding_weight.asnumpy())))
+    for name, param in reference.parameters_and_names():
+        if param.ndim == 1:
+            param.set_data(Tensor(round_bf16(param.asnumpy())))
+    ids = _ids()
+    np.testing.assert_allclose(_logits(model, ids), _logits(reference, ids), atol=1e-5, rtol=1e-5)
+    kwargs = dict(max_new_tokens=8, eos_token_id=None, pad_token_id=0)
+    np.testing.assert_array_equal(model.generate(ids, **kwargs), reference.generate(ids, **kwargs))
+
+
+def test_float16_weights_compute_in_float32_on_cpu(saved):
+    model = LlamaForCausalLM.from_pretrained(saved, dtype="float16")
+    assert all(p.dtype == mindspore.float16 for p in model.get_parameters())
+    assert model.config.compute_dtype == "float32"
+    assert all(layer.storage_op is not None for layer in _linears(model))
+    reference = _reference(saved, lambda w: w.astype(np.float16))
+    for name, param in reference.parameters_and_names():
+        if param.ndim == 1 or "embedding" in name:
+            param.set_data(Tensor(param.asnumpy().astype(np.float16).astype(np.float32)))
+    ids = _ids()
+    np.testing.assert_allclose(_logits(model, ids), _logits(reference, ids), atol=1e-5, rtol=1e-5)
+
+
+def test_rtn_int8_quantizes_per_output_channel():
+    w = np.random.default_rng(0).standard_normal((5, 7)).astype(np.float32)
+    w[3] = 0.0
+    q, scale = quantize_rtn_int8(w)
+    assert q.dtype == np.int8 and scale.dtype == np.float32 and scale[3] == 1.0 and not q[3].any()
+    np.testing.assert_array_equal(np.abs(q).max(axis=1)[[0, 1, 2, 4]], 127)
+    assert np.abs(q * scale[:, None] - w).max() <= scale.max() / 2 + 1e-7  # round to nearest
+
+
+def test_int8_model_equals_float32_on_dequantized_weights(saved, tmp_path):
+    model = LlamaForCausalLM.from_pretrained(saved, quantization_config=INT8, dtype="float32")
+    linears = _linears(model)
+    assert linears and all(layer.weight.dtype == mindspore.int8 for layer in linears)
+
+    def dequantize(w):
+        q, scale = quantize_rtn_int8(w)
+        return q.astype(np.float32) * scale[:, None]
+
+    reference = _reference(saved, dequantize)
+    ids = _ids()
+    np.testing.assert_allclose(_logits(model, ids), _logits(reference, ids), atol=1e-5, rtol=1e-5)
+    kwargs = dict(max_new_tokens=8, eos_token_id=None, pad_token_id=0)
+    generated = model.generate(ids, **kwargs)
+    np.testing.assert_array_equal(generated, reference.generate(ids, **kwargs))
+
+    # Saved quantized (int8 + scales + quantization_config) and loaded back as it is, bit for bit.
+    model.save_pretrained(tmp_path / "int8")
+    assert json.loads((tmp_path / "int8" / "config.json").read_text())["quantization_config"]["weight_dtype"] == "int8"
+    again = LlamaForCausalLM.from_pretrained(tmp_path / "int8", dtype="float32")
+    for (name, a), (_, b) in zip(model.parameters_and_names(), again.parameters_and_names()):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(a.asnumpy(), b.asnumpy(), err_msg=name)
+    np.testing.assert_array_equal(again.generate(ids, **kwargs), generated)
+
+
+def test_modules_to_not_convert_keeps_the_head_in_float(saved):
+    config = dict(INT8, modules_to_not_convert=["lm_head"])
+    model = LlamaForCausalLM.from_pretrained(saved, quantization_config=config, dtype="float32")
+    assert model.lm_head.weight.dtype == mindspore.float32 and model.lm_head.weight_scale is None
+    assert model.model.layers[0].attention.wq.weight.dtype == mindspore.int8
+
+
+def test_quantization_config_errors_name_the_key():
+    with pytest.raises(ConfigError, match="quant_method"):
+        QuantizationConfig.from_value({"quant_method": "gptq"})
+    with pytest.raises(ConfigError, match="weight_dtype"):
+        QuantizationConfig.from_value({"quant_method": "rtn", "weight_dtype": "int4"})
+    with pytest.raises(ConfigError, match="unknown key"):
+        QuantizationConfig.from_value({"quant_method": "rtn", "weigth_dtype": "int8"})
+    assert LlamaConfig(**TINY, quantization_config=INT8).quantization_config["quant_method"] == "rtn"
