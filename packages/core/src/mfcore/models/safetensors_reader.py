@@ -58,6 +58,7 @@ class SafetensorsFile:
             if isinstance(exc, CheckpointError):
                 raise
             raise CheckpointError(f"{self.path}: cannot read the safetensors header: {exc}") from exc
+        self._map = None
         self.metadata: Dict[str, str] = header.pop("__metadata__", None) or {}
         self.data_start = 8 + length
         self.entries: Dict[str, dict] = {}
@@ -87,6 +88,19 @@ class SafetensorsFile:
 
     def shape(self, name: str) -> Tuple[int, ...]:
         return tuple(self.entries[name]["shape"])
+
+    def map(self, name: str) -> np.ndarray:
+        """One tensor as an array on a copy-on-write map of the file: nothing is read until used, the
+        pages are the page cache's (held once, not copied), and writing to it never changes the file.
+        The map outlives a later replace of the file (save_pretrained renames a new file into place)."""
+        entry = self.entries[name]
+        begin, stop = entry["data_offsets"]
+        dtype = storage_dtype(entry["dtype"])
+        if stop == begin:
+            return np.empty(entry["shape"], dtype=dtype)
+        if self._map is None:
+            self._map = np.memmap(self.path, dtype=np.uint8, mode="c")
+        return self._map[self.data_start + begin:self.data_start + stop].view(dtype).reshape(entry["shape"])
 
     def read(self, name: str) -> np.ndarray:
         """One tensor as a numpy array (bfloat16 as uint16 bits), read straight into its buffer."""

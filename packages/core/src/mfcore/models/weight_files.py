@@ -74,11 +74,12 @@ def find_weight_files(directory: Path) -> List[Path]:
 
 
 def read_safetensors(path: Path) -> Iterable[Tuple[str, Tensor]]:
-    """Yield (name, MindSpore tensor) one tensor at a time, each built on the buffer it was read into (no
-    copy); bfloat16 stays bfloat16, exactly (its bits are viewed, not converted)."""
+    """Yield (name, MindSpore tensor) one tensor at a time, each built on a copy-on-write map of the file
+    (SafetensorsFile.map): loading reads nothing, and the weights live once, in the page cache; bfloat16
+    stays bfloat16, exactly (its bits are viewed, not converted)."""
     file = SafetensorsFile(path)
     for name in file.names():
-        yield name, as_tensor(file.read(name), file.dtype(name))
+        yield name, as_tensor(file.map(name), file.dtype(name))
 
 
 def as_tensor(array: np.ndarray, dtype: str) -> Tensor:
