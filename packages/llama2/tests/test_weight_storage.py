@@ -12,6 +12,7 @@ from mindspore import Tensor
 from mfcore import ConfigError
 from mfcore.kernels import decode_kernels, status
 from mfcore.models.quantization import QuantizationConfig, quantize_rtn_int8
+from mfcore.utils.runtime import ensure_runtime
 from mf_llama2 import LlamaConfig
 from mf_llama2.modeling_llama import LlamaForCausalLM, LlamaLinear
 
@@ -56,17 +57,51 @@ def _linears(model):
     return [cell for _, cell in model.cells_and_names() if isinstance(cell, LlamaLinear)]
 
 
-def test_bfloat16_weights_stay_bfloat16_and_compute_through_the_kernels(saved):
+def _round_bf16(w):
+    bits = np.ascontiguousarray(w, dtype=np.float32).view(np.uint32)
+    return (((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16).astype(np.uint32).view(np.float32)
+
+
+@pytest.mark.parametrize("rows", [1, 4, 5, 37])
+def test_bfloat16_linear_kernel_against_numpy(rows, monkeypatch):
+    """Few rows (decode) and prompts with float32 activations (MFCORE_EXACT_BF16=1) equal float64 math on
+    the stored weights; by default prompts round x to bfloat16 first (vdpbf16ps where the CPU has it), as
+    llama.cpp and transformers do: then they equal float64 math on the rounded x."""
+    ensure_runtime()  # MindSpore is set up (host-blocking graphs, ...) before any kernel runs
+    kernels = decode_kernels()
+    if kernels is None:
+        pytest.skip(f"mfcore's CPU kernels are off here: {status()}")
+    rng = np.random.default_rng(rows)
+    x = rng.standard_normal((rows, 344)).astype(np.float32)  # 344: not a multiple of 16 or 32 (tails)
+    w = _round_bf16(rng.standard_normal((41, 344)))
+    bits = (w.view(np.uint32) >> 16).astype(np.uint16)
+    weight = Tensor.from_numpy(bits.view(np.int16)).view(mindspore.bfloat16)
+    exact = x.astype(np.float64) @ w.T.astype(np.float64)
+    monkeypatch.setenv("MFCORE_EXACT_BF16", "1")
+    np.testing.assert_allclose(kernels.linear_bf16(Tensor(x), weight).asnumpy(), exact, atol=2e-5, rtol=1e-5)
+    monkeypatch.delenv("MFCORE_EXACT_BF16")
+    fast = kernels.linear_bf16(Tensor(x), weight).asnumpy()
+    rounded = _round_bf16(x).astype(np.float64) @ w.T.astype(np.float64)
+    np.testing.assert_allclose(fast, exact if rows <= 4 else rounded if _has_bf16_dot() else exact,
+                               atol=2e-5, rtol=1e-5)
+
+
+def _has_bf16_dot() -> bool:
+    try:
+        return "avx512_bf16" in open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+
+
+def test_bfloat16_weights_stay_bfloat16_and_compute_through_the_kernels(saved, monkeypatch):
+    monkeypatch.setenv("MFCORE_EXACT_BF16", "1")  # compared with float32 math: keep x in float32
     with pytest.warns(UserWarning, match="bfloat16 compute"):
         model = LlamaForCausalLM.from_pretrained(saved, dtype="bfloat16")
     assert all(p.dtype == mindspore.bfloat16 for p in model.get_parameters())
     assert all(layer.storage_op is not None for layer in _linears(model))
     assert model.model.tok_embeddings.gather_bf16 is not None
 
-    def round_bf16(w):
-        bits = w.astype(np.float32).view(np.uint32)
-        return (((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16).astype(np.uint32).view(np.float32)
-
+    round_bf16 = _round_bf16
     reference = _reference(saved, round_bf16)
     for cell in (reference.model.tok_embeddings,):
         cell.embedding_weight.set_data(Tensor(round_bf16(cell.embedding_weight.asnumpy())))

@@ -8,10 +8,11 @@
 //   MfcoreEmbedBf16   y = table[ids]         table (V, H) bfloat16 -> float32 rows
 // x is (rows, K). Few rows (decode) stream each weight row once for all rows: memory bound. Many rows
 // (prefill) widen a block of 4 weight rows once into a float32 buffer and run 4x4 register tiles over it:
-// compute bound. Both split the output channels over the OpenMP threads. The vector width is chosen when
+// compute bound; bfloat16 weights on AVX512_BF16 CPUs use vdpbf16ps instead (linear_bf16_dot). Both split the output channels over the OpenMP threads. The vector width is chosen when
 // the library is compiled for the machine it runs on (-march=native): AVX-512, AVX2 + F16C + FMA, or
 // plain C++ where neither exists.
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 #if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__) && defined(__F16C__))
@@ -191,6 +192,58 @@ void linear_tiled(const float* x, const typename W::T* w, const float* scale, fl
   }
 }
 
+#if defined(__AVX512BF16__)
+// bfloat16 weights, many rows, on CPUs with AVX512_BF16: the rows of x are rounded to bfloat16 once and
+// each vdpbf16ps multiplies 32 pairs straight from the stored weights, summing in float32 (as llama.cpp's
+// and transformers' bfloat16 matmuls round their inputs). 2.3x the widening path's flops on Zen 4.
+// MFCORE_EXACT_BF16=1 keeps x in float32 (the widening path) where results must match float32 math.
+inline __m512 dot32(__m512 acc, const uint16_t* x, const uint16_t* w, __mmask32 mask) {
+  return _mm512_dpbf16_ps(acc, (__m512bh)_mm512_maskz_loadu_epi16(mask, x), (__m512bh)_mm512_maskz_loadu_epi16(mask, w));
+}
+
+void linear_bf16_dot(const float* x, const uint16_t* w, float* y, int64_t rows, int64_t n, int64_t k) {
+  std::vector<uint16_t> xb(rows * k);
+  for (int64_t i = 0; i + 32 <= rows * k; i += 32) {  // round to nearest even, 32 at a time
+    const __m512bh pair = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + i + 16), _mm512_loadu_ps(x + i));
+    _mm512_storeu_si512(xb.data() + i, (__m512i)pair);
+  }
+  for (int64_t i = (rows * k) / 32 * 32; i < rows * k; ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, x + i, sizeof bits);
+    xb[i] = static_cast<uint16_t>((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
+  }
+  const int64_t blocks = (n + kTile - 1) / kTile, full = k / 32 * 32;
+  const __mmask32 tail = k > full ? static_cast<__mmask32>((1ull << (k - full)) - 1) : 0;
+#pragma omp parallel for schedule(static)
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t j0 = b * kTile, cols = n - j0 < kTile ? n - j0 : kTile;
+    const uint16_t* wr[kTile];
+    for (int c = 0; c < kTile; ++c) wr[c] = w + (j0 + (c < cols ? c : cols - 1)) * k;
+    for (int64_t r0 = 0; r0 < rows; r0 += kTile) {
+      const int64_t count = rows - r0 < kTile ? rows - r0 : kTile;
+      const uint16_t* xr[kTile];
+      for (int r = 0; r < kTile; ++r) xr[r] = xb.data() + (r0 + (r < count ? r : count - 1)) * k;
+      __m512 acc[kTile][kTile];
+      for (auto& row : acc)
+        for (auto& a : row) a = _mm512_setzero_ps();
+      for (int64_t i = 0; i < full; i += 32)
+        for (int r = 0; r < kTile; ++r)
+          for (int c = 0; c < kTile; ++c) acc[r][c] = dot32(acc[r][c], xr[r] + i, wr[c] + i, ~__mmask32(0));
+      if (tail)
+        for (int r = 0; r < kTile; ++r)
+          for (int c = 0; c < kTile; ++c) acc[r][c] = dot32(acc[r][c], xr[r] + full, wr[c] + full, tail);
+      for (int64_t r = 0; r < count; ++r)
+        for (int64_t c = 0; c < cols; ++c) y[(r0 + r) * n + j0 + c] = _mm512_reduce_add_ps(acc[r][c]);
+    }
+  }
+}
+#endif
+
+bool exact_bf16() {
+  const char* value = std::getenv("MFCORE_EXACT_BF16");
+  return value != nullptr && value[0] != '\0' && value[0] != '0';
+}
+
 bool is(const char* dtype, const char* name) { return std::strcmp(dtype, name) == 0; }
 bool is_float32(const char* dtype) { return is(dtype, "float32") || is(dtype, "float"); }
 
@@ -213,10 +266,17 @@ int linear_entry(int nparam, void** params, int* ndims, int64_t** shapes, const 
   const auto* w = static_cast<const typename W::T*>(params[1]);
   const float* scale = scaled ? static_cast<const float*>(params[2]) : nullptr;
   float* y = static_cast<float*>(params[out]);
-  if (rows <= kDecodeRows)
+  if (rows <= kDecodeRows) {
     linear_streaming<W>(x, w, scale, y, rows, n, k);
-  else
-    linear_tiled<W>(x, w, scale, y, rows, n, k);
+    return 0;
+  }
+#if defined(__AVX512BF16__)
+  if (sizeof(typename W::T) == 2 && is(wtype, "bfloat16") && !exact_bf16()) {
+    linear_bf16_dot(x, reinterpret_cast<const uint16_t*>(w), y, rows, n, k);
+    return 0;
+  }
+#endif
+  linear_tiled<W>(x, w, scale, y, rows, n, k);
   return 0;
 }
 
