@@ -63,10 +63,12 @@ def test_save_pretrained_output_converts_back_to_hf(auto_model, hf_models, tmp_p
     assert_same_state(hf_state(src), hf_state(tmp_path / "hf"))
 
 
-def test_bfloat16_checkpoint_loads_with_its_dtype(auto_model, tmp_path):
+def test_bfloat16_checkpoint_loads_with_its_dtype(auto_model, tmp_path, monkeypatch):
     """bf16 weights stay bf16 in MindSpore (param_init_type); on CPU the network computes in fp32, as does
     the reference run on the same bf16 weights widened to fp32."""
     from convert_helpers import make_hf_model
+
+    monkeypatch.setenv("MFCORE_EXACT_BF16", "1")  # prompts keep float32 activations, as the reference
 
     make_hf_model(tmp_path / "hf", 2, False, seed=11, dtype=torch.bfloat16)
     convert(tmp_path / "hf", tmp_path / "ms")

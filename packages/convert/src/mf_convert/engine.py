@@ -20,6 +20,7 @@ from mfcore.utils.atomic import atomic_directory
 
 from . import detect, readers, writers
 from .dtypes import CONFIG_NAMES, FLOATS, ITEMSIZE, cast, parse_dtype
+from .quantize import SCALE_SUFFIX, QuantizedTensors, quantization_for, quantized_plan
 
 MS_METADATA = {"format": "ms"}   # what mindspore.save_checkpoint(format="safetensors") writes
 HF_METADATA = {"format": "pt"}   # what transformers expects in its safetensors files
@@ -65,7 +66,8 @@ class Conversion:
     """A planned conversion of one checkpoint. `convert()` below is the usual entry point."""
 
     def __init__(self, src, source_format: Optional[str] = None, target_format: str = "mindformers",
-                 model_type: Optional[str] = None, dtype: Optional[str] = None, config=None):
+                 model_type: Optional[str] = None, dtype: Optional[str] = None, config=None,
+                 quantize: Optional[str] = None):
         self.src = Path(src)
         if source_format is not None and source_format not in detect.FORMATS:
             raise ConfigError("--from", f"unknown format {source_format!r}; use one of {', '.join(detect.FORMATS)}")
@@ -85,7 +87,10 @@ class Conversion:
         self.source = self._open_source(config_dict)
         self.config = self._build_config(config_dict, from_user=config is not None)
         self.dtype = parse_dtype(dtype) if dtype else None
+        self.quantization = quantization_for(quantize, target_format)
         self.items = self._plan()
+        self._by_native = {item.native_name: item for item in self.items}
+        self._quantized = QuantizedTensors()
 
     # -- source ------------------------------------------------------------------------------------
     def _open_source(self, config_dict: dict) -> readers.TensorSource:
@@ -134,6 +139,8 @@ class Conversion:
             target_dtype = self.dtype if (self.dtype and dtype in FLOATS) else dtype
             items[native] = Item(name, native, target, source.shape(name), dtype, target_dtype)
         self._check_against_config(items)
+        if self.quantization is not None:
+            return quantized_plan(list(items.values()), self.quantization)
         return list(items.values())
 
     def _check_against_config(self, items: Dict[str, Item]) -> None:
@@ -159,6 +166,14 @@ class Conversion:
 
     # -- tensors -----------------------------------------------------------------------------------
     def produce(self, item: Item) -> np.ndarray:
+        if self.quantization is not None and item.target_dtype == "I8":
+            return self._quantized.weight(item, lambda: self._produce_float(item))
+        if self.quantization is not None and item.target_name.endswith(SCALE_SUFFIX):
+            weight = item.source_name  # a scale item carries its weight's names
+            return self._quantized.scale(item, lambda: self._produce_float(self._by_native[weight]))
+        return self._produce_float(item)
+
+    def _produce_float(self, item: Item) -> np.ndarray:
         array = self.source.read(item.source_name)
         if tuple(array.shape) != tuple(item.shape):
             raise CheckpointError(f"{self.source.where(item.source_name)}: tensor {item.source_name!r} read as "
@@ -194,12 +209,15 @@ class Conversion:
         return files
 
     def write_config(self, directory: Path) -> None:
-        dtypes = {i.target_dtype for i in self.items if i.target_dtype in FLOATS}
+        dtypes = {i.target_dtype for i in self.items if i.target_dtype in FLOATS and not i.target_name.endswith(
+            SCALE_SUFFIX)}
         stored = CONFIG_NAMES[dtypes.pop()] if len(dtypes) == 1 else None
         if self.target_format == "mindformers":
             config = copy.deepcopy(self.config)
             if stored and hasattr(config, "param_init_type"):  # MindFormers' name for the weights' dtype
                 config.param_init_type = stored
+            if self.quantization is not None:
+                config.quantization_config = self.quantization.to_dict()
             config.save_pretrained(directory)
             return
         to_foreign = self.target_map.config_from_native
@@ -240,7 +258,7 @@ def _same_bytes(a: np.ndarray, b: np.ndarray, chunk: int = 1 << 23) -> bool:
 def convert(src, dst, source_format: Optional[str] = None, target_format: str = "mindformers",
             model_type: Optional[str] = None, dtype: Optional[str] = None, shard_size="5GB", verify: bool = False,
             config=None, ms_format: str = "safetensors", overwrite: bool = False, progress: bool = False,
-            copy_tokenizer: bool = True) -> ConvertResult:
+            copy_tokenizer: bool = True, quantize: Optional[str] = None) -> ConvertResult:
     """Convert the checkpoint at `src` into directory `dst` (written atomically: complete or not at all)."""
     start = time.perf_counter()
     src, dst = Path(src), Path(dst)
@@ -248,7 +266,7 @@ def convert(src, dst, source_format: Optional[str] = None, target_format: str = 
     if source_dir == dst.resolve() or dst.resolve() in source_dir.parents:
         raise ConfigError("DST", f"{dst} is or holds the source {src}; replacing it would destroy the source, "
                                  f"write the conversion somewhere else")
-    conversion = Conversion(src, source_format, target_format, model_type, dtype, config)
+    conversion = Conversion(src, source_format, target_format, model_type, dtype, config, quantize)
     bar = _progress(conversion.total_bytes, f"{conversion.source_format} -> {target_format}", progress)
     on_tensor = (lambda name, n: bar.update(n)) if bar is not None else None
     tokenizer = detect.tokenizer_files(src)

@@ -24,6 +24,8 @@ def register_commands(cli):
     parser.add_argument("--ms-format", "--ms_format", dest="ms_format", choices=["safetensors", "ckpt"],
                         default="safetensors", help="file type for --to mindformers (default safetensors)")
     parser.add_argument("--config", help="config.json or MindFormers YAML, when none lies beside the weights")
+    parser.add_argument("--quantize", choices=["int8"], help="write linear weights as round-to-nearest int8 with "
+                        "per-channel scales (native format), loaded as they are by from_pretrained")
     parser.add_argument("--verify", action="store_true", help="re-read the output and compare every tensor")
     parser.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
@@ -35,7 +37,8 @@ def _run(args):
 
     result = convert(args.src, args.dst, source_format=args.source_format, target_format=args.target_format,
                      model_type=args.model_type, dtype=args.dtype, shard_size=args.shard_size, verify=args.verify,
-                     config=args.config, ms_format=args.ms_format, overwrite=args.overwrite, progress=args.progress)
+                     config=args.config, ms_format=args.ms_format, overwrite=args.overwrite, progress=args.progress,
+                     quantize=args.quantize)
     extra = f", tokenizer files: {', '.join(result.tokenizer_files)}" if result.tokenizer_files else ""
     print(f"{result.model_type} {result.source_format} -> {result.target_format}: {result.tensors} tensors, "
           f"{result.bytes_written / 1e6:.1f} MB in {result.seconds:.1f} s ({result.mb_per_s:.0f} MB/s)"
