@@ -68,7 +68,7 @@ def test_bfloat16_checkpoint_loads_with_its_dtype(auto_model, tmp_path, monkeypa
     the reference run on the same bf16 weights widened to fp32."""
     from convert_helpers import make_hf_model
 
-    monkeypatch.setenv("MFCORE_EXACT_BF16", "1")  # prompts keep float32 activations, as the reference
+    monkeypatch.setenv("MFCORE_FLOAT32_ACTIVATIONS", "1")  # prompts keep float32 activations, as the reference
 
     make_hf_model(tmp_path / "hf", 2, False, seed=11, dtype=torch.bfloat16)
     convert(tmp_path / "hf", tmp_path / "ms")

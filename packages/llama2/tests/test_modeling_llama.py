@@ -141,7 +141,7 @@ def test_float16_weights_and_compute(tiny, tmp_path):
 def test_bfloat16_is_storage_on_cpu(tiny, tmp_path, monkeypatch):
     # Prompts keep float32 activations (mfcore/kernels/csrc/weight_kernels.cc), so that the comparison
     # with float32 math below can be exact; test_weight_storage.py tests the default bfloat16 dot path.
-    monkeypatch.setenv("MFCORE_EXACT_BF16", "1")
+    monkeypatch.setenv("MFCORE_FLOAT32_ACTIVATIONS", "1")
     tiny.save_pretrained(tmp_path)
     with pytest.warns(UserWarning, match="bfloat16 compute does not exist"):
         bf16 = LlamaForCausalLM.from_pretrained(tmp_path, dtype="bfloat16")

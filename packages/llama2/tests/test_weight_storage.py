@@ -64,7 +64,7 @@ def _round_bf16(w):
 
 @pytest.mark.parametrize("rows", [1, 4, 5, 37])
 def test_bfloat16_linear_kernel_against_numpy(rows, monkeypatch):
-    """Few rows (decode) and prompts with float32 activations (MFCORE_EXACT_BF16=1) equal float64 math on
+    """Few rows (decode) and prompts with float32 activations (MFCORE_FLOAT32_ACTIVATIONS=1) equal float64 math on
     the stored weights; by default prompts round x to bfloat16 first (vdpbf16ps where the CPU has it), as
     llama.cpp and transformers do: then they equal float64 math on the rounded x."""
     ensure_runtime()  # MindSpore is set up (host-blocking graphs, ...) before any kernel runs
@@ -77,13 +77,34 @@ def test_bfloat16_linear_kernel_against_numpy(rows, monkeypatch):
     bits = (w.view(np.uint32) >> 16).astype(np.uint16)
     weight = Tensor.from_numpy(bits.view(np.int16)).view(mindspore.bfloat16)
     exact = x.astype(np.float64) @ w.T.astype(np.float64)
-    monkeypatch.setenv("MFCORE_EXACT_BF16", "1")
+    monkeypatch.setenv("MFCORE_FLOAT32_ACTIVATIONS", "1")
     np.testing.assert_allclose(kernels.linear_bf16(Tensor(x), weight).asnumpy(), exact, atol=2e-5, rtol=1e-5)
-    monkeypatch.delenv("MFCORE_EXACT_BF16")
+    monkeypatch.delenv("MFCORE_FLOAT32_ACTIVATIONS")
     fast = kernels.linear_bf16(Tensor(x), weight).asnumpy()
     rounded = _round_bf16(x).astype(np.float64) @ w.T.astype(np.float64)
     np.testing.assert_allclose(fast, exact if rows <= 4 else rounded if _has_bf16_dot() else exact,
                                atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("rows", [1, 5, 37])
+def test_int8_linear_kernel_against_numpy(rows, monkeypatch):
+    """x . Wq^T * scale: float32 activations equal float64 math; by default prompts round x to bfloat16
+    (int8 values are exact in bfloat16), as the bfloat16 path does."""
+    ensure_runtime()
+    kernels = decode_kernels()
+    if kernels is None:
+        pytest.skip(f"mfcore's CPU kernels are off here: {status()}")
+    rng = np.random.default_rng(rows)
+    x = rng.standard_normal((rows, 344)).astype(np.float32)
+    q, scale = quantize_rtn_int8(rng.standard_normal((41, 344)).astype(np.float32))
+    dequantized = q.astype(np.float64) * scale[:, None]
+    monkeypatch.setenv("MFCORE_FLOAT32_ACTIVATIONS", "1")
+    exact = kernels.linear_int8(Tensor(x), Tensor(q), Tensor(scale)).asnumpy()
+    np.testing.assert_allclose(exact, x.astype(np.float64) @ dequantized.T, atol=2e-5, rtol=1e-5)
+    monkeypatch.delenv("MFCORE_FLOAT32_ACTIVATIONS")
+    fast = kernels.linear_int8(Tensor(x), Tensor(q), Tensor(scale)).asnumpy()
+    activations = _round_bf16(x) if rows > 4 and _has_bf16_dot() else x
+    np.testing.assert_allclose(fast, activations.astype(np.float64) @ dequantized.T, atol=2e-5, rtol=1e-5)
 
 
 def _has_bf16_dot() -> bool:
@@ -94,7 +115,7 @@ def _has_bf16_dot() -> bool:
 
 
 def test_bfloat16_weights_stay_bfloat16_and_compute_through_the_kernels(saved, monkeypatch):
-    monkeypatch.setenv("MFCORE_EXACT_BF16", "1")  # compared with float32 math: keep x in float32
+    monkeypatch.setenv("MFCORE_FLOAT32_ACTIVATIONS", "1")  # compared with float32 math: keep x in float32
     with pytest.warns(UserWarning, match="bfloat16 compute"):
         model = LlamaForCausalLM.from_pretrained(saved, dtype="bfloat16")
     assert all(p.dtype == mindspore.bfloat16 for p in model.get_parameters())
@@ -114,7 +135,7 @@ def test_bfloat16_weights_stay_bfloat16_and_compute_through_the_kernels(saved, m
     np.testing.assert_array_equal(model.generate(ids, **kwargs), reference.generate(ids, **kwargs))
 
 
-def test_float16_weights_compute_in_float32_on_cpu(saved):
+def test_float16_weights_compute_in_float32_on_cpu(saved):  # float16 prompts always keep float32 x
     model = LlamaForCausalLM.from_pretrained(saved, dtype="float16")
     assert all(p.dtype == mindspore.float16 for p in model.get_parameters())
     assert model.config.compute_dtype == "float32"
@@ -136,7 +157,8 @@ def test_rtn_int8_quantizes_per_output_channel():
     assert np.abs(q * scale[:, None] - w).max() <= scale.max() / 2 + 1e-7  # round to nearest
 
 
-def test_int8_model_equals_float32_on_dequantized_weights(saved, tmp_path):
+def test_int8_model_equals_float32_on_dequantized_weights(saved, tmp_path, monkeypatch):
+    monkeypatch.setenv("MFCORE_FLOAT32_ACTIVATIONS", "1")  # compared with float32 math: keep x in float32
     model = LlamaForCausalLM.from_pretrained(saved, quantization_config=INT8, dtype="float32")
     linears = _linears(model)
     assert linears and all(layer.weight.dtype == mindspore.int8 for layer in linears)

@@ -13,7 +13,10 @@ once per machine:
 csrc/weight_kernels.cc serves models whose weights stay in their storage dtype (any row count: decode
 streams each weight once, prompts run register tiles): `linear_bf16`, `linear_f16`, `linear_int8` (per
 output channel scales) and `embed_bf16`. Without them MindSpore's CPU backend would upcast every 16-bit
-weight to float32 on each call (it has no bfloat16 matmul), which at 8B does not fit in memory.
+weight to float32 on each call (it has no bfloat16 matmul), which at 8B does not fit in memory. Decode
+rows keep float32 activations; prompts on CPUs with AVX512_BF16 round them to bfloat16 for vdpbf16ps
+(bfloat16 and int8 weights, as llama.cpp and transformers' bfloat16 do), unless
+MFCORE_FLOAT32_ACTIVATIONS=1.
 
 The fused float32 kernels are used only where that is safe: MindSpore on CPU, float32, the decode path (models call them for
 2-D single-row inputs, decided at trace time; training and prompts keep MindSpore's ops), forward only,

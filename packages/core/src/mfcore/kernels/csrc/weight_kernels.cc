@@ -193,15 +193,35 @@ void linear_tiled(const float* x, const typename W::T* w, const float* scale, fl
 }
 
 #if defined(__AVX512BF16__)
-// bfloat16 weights, many rows, on CPUs with AVX512_BF16: the rows of x are rounded to bfloat16 once and
-// each vdpbf16ps multiplies 32 pairs straight from the stored weights, summing in float32 (as llama.cpp's
-// and transformers' bfloat16 matmuls round their inputs). 2.3x the widening path's flops on Zen 4.
-// MFCORE_EXACT_BF16=1 keeps x in float32 (the widening path) where results must match float32 math.
+// bfloat16 or int8 weights, many rows, on CPUs with AVX512_BF16: the rows of x are rounded to bfloat16
+// once and each vdpbf16ps multiplies 32 pairs straight from the stored bfloat16 weights (int8 ones are
+// turned into bfloat16 4 rows at a time, exactly), summing in float32 (as llama.cpp's and transformers'
+// bfloat16 matmuls round their inputs). 2.3x the widening path's flops on Zen 4.
+// MFCORE_FLOAT32_ACTIVATIONS=1 keeps x in float32 (the widening path) where results must match float32 math.
 inline __m512 dot32(__m512 acc, const uint16_t* x, const uint16_t* w, __mmask32 mask) {
   return _mm512_dpbf16_ps(acc, (__m512bh)_mm512_maskz_loadu_epi16(mask, x), (__m512bh)_mm512_maskz_loadu_epi16(mask, w));
 }
 
-void linear_bf16_dot(const float* x, const uint16_t* w, float* y, int64_t rows, int64_t n, int64_t k) {
+// Rows of int8 weights as bfloat16: exact (|q| <= 127 needs 7 bits; bfloat16 has 8), 32 at a time.
+void int8_as_bf16(const int8_t* w, int64_t count, uint16_t* out) {
+  int64_t i = 0;
+  for (; i + 32 <= count; i += 32) {
+    const __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(w + i))));
+    const __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(w + i + 16))));
+    _mm512_storeu_si512(out + i, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+  }
+  for (; i < count; ++i) {
+    const float value = static_cast<float>(w[i]);
+    uint32_t bits;
+    std::memcpy(&bits, &value, sizeof bits);
+    out[i] = static_cast<uint16_t>(bits >> 16);  // exact for small integers
+  }
+}
+
+// W is bfloat16 (used in place) or int8 (a block of 4 rows turned into bfloat16 per step, then scaled).
+template <class W>
+void linear_bf16_dot(const float* x, const typename W::T* w, const float* scale, float* y, int64_t rows, int64_t n,
+                     int64_t k) {
   std::vector<uint16_t> xb(rows * k);
   for (int64_t i = 0; i + 32 <= rows * k; i += 32) {  // round to nearest even, 32 at a time
     const __m512bh pair = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + i + 16), _mm512_loadu_ps(x + i));
@@ -214,33 +234,45 @@ void linear_bf16_dot(const float* x, const uint16_t* w, float* y, int64_t rows, 
   }
   const int64_t blocks = (n + kTile - 1) / kTile, full = k / 32 * 32;
   const __mmask32 tail = k > full ? static_cast<__mmask32>((1ull << (k - full)) - 1) : 0;
-#pragma omp parallel for schedule(static)
-  for (int64_t b = 0; b < blocks; ++b) {
-    const int64_t j0 = b * kTile, cols = n - j0 < kTile ? n - j0 : kTile;
-    const uint16_t* wr[kTile];
-    for (int c = 0; c < kTile; ++c) wr[c] = w + (j0 + (c < cols ? c : cols - 1)) * k;
-    for (int64_t r0 = 0; r0 < rows; r0 += kTile) {
-      const int64_t count = rows - r0 < kTile ? rows - r0 : kTile;
-      const uint16_t* xr[kTile];
-      for (int r = 0; r < kTile; ++r) xr[r] = xb.data() + (r0 + (r < count ? r : count - 1)) * k;
-      __m512 acc[kTile][kTile];
-      for (auto& row : acc)
-        for (auto& a : row) a = _mm512_setzero_ps();
-      for (int64_t i = 0; i < full; i += 32)
-        for (int r = 0; r < kTile; ++r)
-          for (int c = 0; c < kTile; ++c) acc[r][c] = dot32(acc[r][c], xr[r] + i, wr[c] + i, ~__mmask32(0));
-      if (tail)
-        for (int r = 0; r < kTile; ++r)
-          for (int c = 0; c < kTile; ++c) acc[r][c] = dot32(acc[r][c], xr[r] + full, wr[c] + full, tail);
-      for (int64_t r = 0; r < count; ++r)
-        for (int64_t c = 0; c < cols; ++c) y[(r0 + r) * n + j0 + c] = _mm512_reduce_add_ps(acc[r][c]);
+  constexpr bool kInt8 = sizeof(typename W::T) == 1;
+#pragma omp parallel
+  {
+    std::vector<uint16_t> block(kInt8 ? kTile * k : 0);
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t j0 = b * kTile, cols = n - j0 < kTile ? n - j0 : kTile;
+      const uint16_t* wr[kTile];
+      if (kInt8) int8_as_bf16(reinterpret_cast<const int8_t*>(w) + j0 * k, cols * k, block.data());
+      for (int c = 0; c < kTile; ++c) {
+        const int64_t row = c < cols ? c : cols - 1;
+        wr[c] = kInt8 ? block.data() + row * k : reinterpret_cast<const uint16_t*>(w) + (j0 + row) * k;
+      }
+      for (int64_t r0 = 0; r0 < rows; r0 += kTile) {
+        const int64_t count = rows - r0 < kTile ? rows - r0 : kTile;
+        const uint16_t* xr[kTile];
+        for (int r = 0; r < kTile; ++r) xr[r] = xb.data() + (r0 + (r < count ? r : count - 1)) * k;
+        __m512 acc[kTile][kTile];
+        for (auto& row : acc)
+          for (auto& a : row) a = _mm512_setzero_ps();
+        for (int64_t i = 0; i < full; i += 32)
+          for (int r = 0; r < kTile; ++r)
+            for (int c = 0; c < kTile; ++c) acc[r][c] = dot32(acc[r][c], xr[r] + i, wr[c] + i, ~__mmask32(0));
+        if (tail)
+          for (int r = 0; r < kTile; ++r)
+            for (int c = 0; c < kTile; ++c) acc[r][c] = dot32(acc[r][c], xr[r] + full, wr[c] + full, tail);
+        for (int64_t r = 0; r < count; ++r)
+          for (int64_t c = 0; c < cols; ++c) {
+            const float sum = _mm512_reduce_add_ps(acc[r][c]);
+            y[(r0 + r) * n + j0 + c] = scale ? sum * scale[j0 + c] : sum;
+          }
+      }
     }
   }
 }
 #endif
 
-bool exact_bf16() {
-  const char* value = std::getenv("MFCORE_EXACT_BF16");
+bool float32_activations() {
+  const char* value = std::getenv("MFCORE_FLOAT32_ACTIVATIONS");
   return value != nullptr && value[0] != '\0' && value[0] != '0';
 }
 
@@ -271,8 +303,8 @@ int linear_entry(int nparam, void** params, int* ndims, int64_t** shapes, const 
     return 0;
   }
 #if defined(__AVX512BF16__)
-  if (sizeof(typename W::T) == 2 && is(wtype, "bfloat16") && !exact_bf16()) {
-    linear_bf16_dot(x, reinterpret_cast<const uint16_t*>(w), y, rows, n, k);
+  if ((is(wtype, "bfloat16") || is(wtype, "int8")) && !float32_activations()) {
+    linear_bf16_dot<W>(x, w, scale, y, rows, n, k);
     return 0;
   }
 #endif
