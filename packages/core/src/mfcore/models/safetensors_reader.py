@@ -58,7 +58,6 @@ class SafetensorsFile:
             if isinstance(exc, CheckpointError):
                 raise
             raise CheckpointError(f"{self.path}: cannot read the safetensors header: {exc}") from exc
-        self._map = None
         self.metadata: Dict[str, str] = header.pop("__metadata__", None) or {}
         self.data_start = 8 + length
         self.entries: Dict[str, dict] = {}
@@ -92,15 +91,14 @@ class SafetensorsFile:
     def map(self, name: str) -> np.ndarray:
         """One tensor as an array on a copy-on-write map of the file: nothing is read until used, the
         pages are the page cache's (held once, not copied), and writing to it never changes the file.
-        The map outlives a later replace of the file (save_pretrained renames a new file into place)."""
+        The map outlives a later replace of the file (save_pretrained renames a new file into place).
+        Each tensor has a map of its own: dropping the array (e.g. once quantized) unmaps its pages."""
         entry = self.entries[name]
         begin, stop = entry["data_offsets"]
         dtype = storage_dtype(entry["dtype"])
         if stop == begin:
             return np.empty(entry["shape"], dtype=dtype)
-        if self._map is None:
-            self._map = np.memmap(self.path, dtype=np.uint8, mode="c")
-        return self._map[self.data_start + begin:self.data_start + stop].view(dtype).reshape(entry["shape"])
+        return np.memmap(self.path, dtype=dtype, mode="c", offset=self.data_start + begin, shape=tuple(entry["shape"]))
 
     def read(self, name: str) -> np.ndarray:
         """One tensor as a numpy array (bfloat16 as uint16 bits), read straight into its buffer."""
