@@ -18,11 +18,58 @@ _ROPE_SCALING_KEYS = {"rope_type", "factor", "low_freq_factor", "high_freq_facto
 
 
 def llama_intermediate_size(hidden_size: int, multiple_of: int, ffn_dim_multiplier: Optional[float]) -> int:
-    """Meta's FFN width rule (also MindFormers'): 2/3 of 4*hidden, scaled, rounded up to multiple_of."""
+    """MindFormers' FFN width rule (LlamaFeedForward), used when a config gives no intermediate_size:
+    4*hidden, times (ffn_dim_multiplier + 0.01), then 2/3 of it, rounded up to multiple_of.
+
+    The + 0.01 is MindFormers' own: it makes its 70B YAMLs (multiple_of 256, ffn_dim_multiplier 1.3) give
+    the published 28672, where Meta's rule (meta_intermediate_size) gives 28416 at multiple_of 256. With
+    Meta's own params.json values (multiple_of 4096 / 1024) both rules give the published widths."""
+    width = 4 * hidden_size
+    if ffn_dim_multiplier is not None:
+        width = int((ffn_dim_multiplier + 0.01) * width)
+    width = int(2 * width / 3)
+    return multiple_of * ((width + multiple_of - 1) // multiple_of)
+
+
+def meta_intermediate_size(hidden_size: int, multiple_of: int, ffn_dim_multiplier: Optional[float]) -> int:
+    """Meta's FFN width rule (llama/model.py FeedForward): 2/3 of 4*hidden, scaled, rounded up to multiple_of.
+    What Meta's code builds from a params.json (mf-llama2's Meta weight map writes values that fit it)."""
     width = int(2 * (4 * hidden_size) / 3)
     if ffn_dim_multiplier is not None:
         width = int(ffn_dim_multiplier * width)
     return multiple_of * ((width + multiple_of - 1) // multiple_of)
+
+
+def extend_method_rope_scaling(extend_method, scaling_factor, where: str = "model.model_config") -> Optional[dict]:
+    """MindFormers' rotary extension keys -> a Hugging Face rope_scaling dict (None: plain rotary).
+
+    extend_method LLAMA3 with scaling_factor {factor, low_freq_factor, high_freq_factor,
+    original_max_position_embedding} is Llama 3.1's scaling; PI (position interpolation: positions divided
+    by scaling_factor) is transformers' "linear" rope type."""
+    method = "None" if extend_method is None else str(extend_method)
+    if method == "None":
+        return None
+    if method == "LLAMA3":
+        if not isinstance(scaling_factor, dict):
+            raise ConfigError(f"{where}.scaling_factor", "extend_method LLAMA3 needs a mapping {factor, "
+                                                         "low_freq_factor, high_freq_factor, "
+                                                         f"original_max_position_embedding}}, got {scaling_factor!r}")
+        keys = {"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embedding"}
+        unknown, missing = set(scaling_factor) - keys, keys - set(scaling_factor)
+        if unknown or missing:
+            raise ConfigError(f"{where}.scaling_factor", f"extend_method LLAMA3 takes exactly {sorted(keys)}; "
+                                                         f"unknown {sorted(unknown)}, missing {sorted(missing)}")
+        return {"rope_type": "llama3", "factor": float(scaling_factor["factor"]),
+                "low_freq_factor": float(scaling_factor["low_freq_factor"]),
+                "high_freq_factor": float(scaling_factor["high_freq_factor"]),
+                "original_max_position_embeddings": int(scaling_factor["original_max_position_embedding"])}
+    if method == "PI":
+        if isinstance(scaling_factor, bool) or not isinstance(scaling_factor, (int, float)) or scaling_factor <= 0:
+            raise ConfigError(f"{where}.scaling_factor", f"extend_method PI needs a positive number, got "
+                                                         f"{scaling_factor!r}")
+        return None if float(scaling_factor) == 1.0 else {"rope_type": "linear", "factor": float(scaling_factor)}
+    raise ConfigError(f"{where}.extend_method", f"{method!r} is not supported here; use 'None', 'PI' or 'LLAMA3' "
+                                                "(MindFormers' NTK and YARN rotary extensions are not implemented)")
 
 
 class LlamaConfig(PretrainedConfig):
@@ -46,10 +93,8 @@ class LlamaConfig(PretrainedConfig):
         "block_size": "paged attention is not used", "num_blocks": "paged attention is not used",
         "fine_grain_interleave": "Ascend pipeline scheduling", "offset": "pipeline-stage layer offsets",
         "checkpoint_name_or_path": "weights come from load_checkpoint", "ignore_token_id": "labels ignore -100",
-        "extend_method": "use rope_scaling", "scaling_factor": "use rope_scaling",
         "use_rope_slice": "an Ascend kernel choice", "use_flash_attention_mask": "an Ascend kernel choice",
         "is_dynamic": "shapes are bucketed automatically", "parallel_config": "set parallel_config in the task",
-        "qkv_concat": "weights are kept as separate wq/wk/wv (mfcore convert splits fused ones)",
         "embedding_init_type": "parameters use param_init_type", "pp_interleave_num": "Ascend pipeline scheduling",
         "auto_map": "remote code is not used",
     }
@@ -60,7 +105,8 @@ class LlamaConfig(PretrainedConfig):
                  initializer_range=0.02, qkv_has_bias=False, compute_dtype="float32",
                  param_init_type="float32", layernorm_compute_type="float32", softmax_compute_type="float32",
                  rotary_dtype="float32", bos_token_id=1, eos_token_id=2, pad_token_id=0,
-                 tie_word_embeddings=False, **kwargs):
+                 tie_word_embeddings=False, qkv_concat=False, extend_method=None, scaling_factor=None,
+                 **kwargs):
         self.vocab_size = vocab_size
         self.hidden_size = hidden_size
         self.num_layers = num_layers
@@ -71,7 +117,6 @@ class LlamaConfig(PretrainedConfig):
         self.ffn_dim_multiplier = ffn_dim_multiplier
         self.rms_norm_eps = rms_norm_eps
         self.theta = theta
-        self.rope_scaling = rope_scaling
         self.seq_length = seq_length
         self.max_position_embedding = max_position_embedding
         self.initializer_range = initializer_range
@@ -81,6 +126,11 @@ class LlamaConfig(PretrainedConfig):
         self.layernorm_compute_type = layernorm_compute_type
         self.softmax_compute_type = softmax_compute_type
         self.rotary_dtype = rotary_dtype
+        # MindFormers: q/k/v and gate/up projections stored fused (w_qkv, w_gate_hidden), as its checkpoints
+        self.qkv_concat = qkv_concat
+        if rope_scaling is None:  # MindFormers' spelling of the rotary extension (a rope_scaling given wins)
+            rope_scaling = extend_method_rope_scaling(extend_method, scaling_factor, "model_config")
+        self.rope_scaling = rope_scaling
         super().__init__(bos_token_id=bos_token_id, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
                          tie_word_embeddings=tie_word_embeddings, **kwargs)
 
@@ -141,6 +191,8 @@ class LlamaConfig(PretrainedConfig):
                       "rotary_dtype"):
             setattr(self, field, normalize_dtype(getattr(self, field), field))
         self._validate_rope_scaling()
+        if not isinstance(self.qkv_concat, bool):
+            raise ConfigError("qkv_concat", f"must be true or false, got {self.qkv_concat!r}")
         for field in ("bos_token_id", "eos_token_id", "pad_token_id"):
             value = getattr(self, field)
             for token in value if isinstance(value, (list, tuple)) else [value]:
@@ -160,8 +212,15 @@ class LlamaConfig(PretrainedConfig):
         if rope_type in (None, "default"):
             self.rope_scaling = None
             return
+        if rope_type == "linear":
+            if set(scaling) - {"rope_type", "factor"}:
+                raise ConfigError("rope_scaling", f"rope_type 'linear' takes only factor, got {sorted(scaling)}")
+            self.check_positive_number("rope_scaling.factor", scaling.get("factor"))
+            self.rope_scaling = scaling
+            return
         if rope_type != "llama3":
-            raise ConfigError("rope_scaling.rope_type", f"{rope_type!r} is not supported; use 'llama3' or null")
+            raise ConfigError("rope_scaling.rope_type", f"{rope_type!r} is not supported; use 'llama3', 'linear' "
+                                                        "or null")
         unknown = set(scaling) - _ROPE_SCALING_KEYS
         if unknown:
             raise ConfigError("rope_scaling", f"unknown key(s) {sorted(unknown)}")

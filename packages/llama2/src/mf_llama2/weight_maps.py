@@ -170,13 +170,13 @@ def _meta_ffn_params(config) -> Tuple[int, Optional[float]]:
     The config's own values come first (a Meta checkpoint round-trips unchanged); a config from
     Hugging Face only knows the width, so look for values that reproduce it.
     """
-    from .configuration_llama import llama_intermediate_size
+    from .configuration_llama import meta_intermediate_size
 
     hidden, width = config.hidden_size, config.intermediate_size
     base = int(2 * (4 * hidden) / 3)
     for multiplier in (config.ffn_dim_multiplier, None, width / base):
         for multiple_of in (config.multiple_of, *(2 ** i for i in range(12, -1, -1))):
-            if llama_intermediate_size(hidden, multiple_of, multiplier) == width:
+            if meta_intermediate_size(hidden, multiple_of, multiplier) == width:
                 return multiple_of, multiplier
     warnings.warn(f"no multiple_of/ffn_dim_multiplier makes Meta's FFN rule give intermediate_size {width}; "
                   f"Meta's own code would build a different FFN width (mfcore reads it from the weights)",
