@@ -216,19 +216,37 @@ class LlamaAttention(nn.Cell):
         std = config.initializer_range
         linear = dict(param_dtype=param_dtype, compute_dtype=compute_dtype, init_std=std, init_weights=init_weights)
         quantized = quantized_layers(config, "attention")
-        self.wq = LlamaLinear(config.hidden_size, config.hidden_size, config.qkv_has_bias, **linear,
-                              quantized=quantized("wq"))
-        self.wk = LlamaLinear(config.hidden_size, kv_size, config.qkv_has_bias, **linear, quantized=quantized("wk"))
-        self.wv = LlamaLinear(config.hidden_size, kv_size, config.qkv_has_bias, **linear, quantized=quantized("wv"))
+        self.qkv_sizes = (config.hidden_size, kv_size, kv_size)
+        if config.qkv_concat:  # MindFormers' fused layout: one w_qkv = [wq; wk; wv] (rows), as its checkpoints
+            self.w_qkv = LlamaLinear(config.hidden_size, config.hidden_size + 2 * kv_size, config.qkv_has_bias,
+                                     **linear, quantized=quantized("w_qkv"))
+            self.wq = self.wk = self.wv = None
+        else:
+            self.w_qkv = None
+            self.wq = LlamaLinear(config.hidden_size, config.hidden_size, config.qkv_has_bias, **linear,
+                                  quantized=quantized("wq"))
+            self.wk = LlamaLinear(config.hidden_size, kv_size, config.qkv_has_bias, **linear,
+                                  quantized=quantized("wk"))
+            self.wv = LlamaLinear(config.hidden_size, kv_size, config.qkv_has_bias, **linear,
+                                  quantized=quantized("wv"))
         self.wo = LlamaLinear(config.hidden_size, config.hidden_size, False, **linear, quantized=quantized("wo"))
         self.matmul_qk = ops.BatchMatMul(transpose_b=True)
+
+    def qkv(self, x):
+        """The q, k and v projections of x (flat heads), from wq/wk/wv or the fused w_qkv."""
+        if self.w_qkv is None:
+            return self.wq(x), self.wk(x), self.wv(x)
+        qkv = self.w_qkv(x)
+        q_size, kv_size, _ = self.qkv_sizes
+        return qkv[..., :q_size], qkv[..., q_size:q_size + kv_size], qkv[..., q_size + kv_size:]
 
     def project(self, x, cos, sin, rotate):
         """q, k, v as (B, S, heads, D), rotary embeddings applied to q and k."""
         batch, length, _ = x.shape
-        q = self.wq(x).reshape(batch, length, self.num_heads, self.head_dim)
-        k = self.wk(x).reshape(batch, length, self.n_kv_heads, self.head_dim)
-        v = self.wv(x).reshape(batch, length, self.n_kv_heads, self.head_dim)
+        q, k, v = self.qkv(x)
+        q = q.reshape(batch, length, self.num_heads, self.head_dim)
+        k = k.reshape(batch, length, self.n_kv_heads, self.head_dim)
+        v = v.reshape(batch, length, self.n_kv_heads, self.head_dim)
         return self.apply_rotary(q, cos, sin, rotate), self.apply_rotary(k, cos, sin, rotate), v
 
     @staticmethod
@@ -255,29 +273,47 @@ class LlamaAttention(nn.Cell):
         out = mint.matmul(probs.reshape(batch, self.n_kv_heads, self.n_rep * length, keys), v)
         return out.reshape(batch, self.n_kv_heads, self.n_rep, length, self.head_dim)
 
-    def construct(self, x, cos, sin, rotate, bias):
+    def prefix_heads(self, prefix, batch):
+        """Prefix-tuning keys and values (2, B, P, W) -> k, v (B, kv_heads, P', D) in the compute dtype, as
+        MindFormers' _cat_prefix splits them (P' = P * W / (kv_heads * D)); no rotary embedding on them."""
+        k = prefix[0].reshape(batch, -1, self.n_kv_heads, self.head_dim).permute(0, 2, 1, 3)
+        v = prefix[1].reshape(batch, -1, self.n_kv_heads, self.head_dim).permute(0, 2, 1, 3)
+        return _cast(k, self.compute_dtype), _cast(v, self.compute_dtype)
+
+    def construct(self, x, cos, sin, rotate, bias, prefix=None):
+        """bias covers the prefix columns first when a prefix (prefix-tuning / P-tuning v2) is given."""
         batch, length, _ = x.shape
         q, k, v = self.project(x, cos, sin, rotate)
         q = q.reshape(batch, length, self.n_kv_heads, self.n_rep, self.head_dim).permute(0, 2, 3, 1, 4)
-        out = self.attend(q, k.permute(0, 2, 1, 3), v.permute(0, 2, 1, 3), bias)
+        k, v = k.permute(0, 2, 1, 3), v.permute(0, 2, 1, 3)
+        if prefix is not None:
+            prefix_k, prefix_v = self.prefix_heads(prefix, batch)
+            k, v = mint.cat((prefix_k, k), dim=2), mint.cat((prefix_v, v), dim=2)
+        out = self.attend(q, k, v, bias)
         return self.wo(out.permute(0, 3, 1, 2, 4).reshape(batch, length, self.num_heads * self.head_dim))
 
-    def forward_with_cache(self, x, rope, bias, cache_slot, k_cache, v_cache):
+    def forward_with_cache(self, x, rope, bias, cache_slot, k_cache, v_cache, prefix=None):
         """rope = (rotation_q, rotation_k), each position's rotary matrix (B * S, D, D) (LlamaModel.rotation).
-        A prompt x (B, S, hidden): attend within it and store it in cache slots 0..S-1. One token per row,
-        x (B, hidden): write it at `cache_slot` and attend over the whole cache (decode_one)."""
+        A prompt x (B, S, hidden): attend within it and store it in cache slots 0..S-1 (after the prefix's
+        slots when there is a prefix). One token per row, x (B, hidden): write it at `cache_slot` and attend
+        over the whole cache (decode_one)."""
         if x.ndim == 2:
             return self.decode_one(x, rope[0], rope[1], bias, cache_slot, k_cache, v_cache)
         batch, length, _ = x.shape
+        q, k, v = self.qkv(x)
         # Rotary as one batched matmul per q and k (3 kernels fewer each than project's cos/sin form).
-        q = self.rotate_rows(self.wq(x).reshape(batch * length, self.num_heads, self.head_dim), rope[0])
-        k = self.rotate_rows(self.wk(x).reshape(batch * length, self.n_kv_heads, self.head_dim), rope[1])
-        v = self.wv(x).reshape(batch, length, self.n_kv_heads, self.head_dim)
+        q = self.rotate_rows(q.reshape(batch * length, self.num_heads, self.head_dim), rope[0])
+        k = self.rotate_rows(k.reshape(batch * length, self.n_kv_heads, self.head_dim), rope[1])
+        v = v.reshape(batch, length, self.n_kv_heads, self.head_dim)
         q = q.reshape(batch, length, self.n_kv_heads, self.n_rep, self.head_dim).permute(0, 2, 3, 1, 4)
         k = k.reshape(batch, length, self.n_kv_heads, self.head_dim).permute(0, 2, 1, 3)
         v = v.permute(0, 2, 1, 3)
+        if prefix is not None:
+            prefix_k, prefix_v = self.prefix_heads(prefix, batch)
+            k, v = mint.cat((prefix_k, k), dim=2), mint.cat((prefix_v, v), dim=2)
+            length = length + prefix_k.shape[2]
         out = self.attend(q, k, v, bias, scaled_q=True)
-        out = out.permute(0, 3, 1, 2, 4).reshape(batch, length, self.num_heads * self.head_dim)
+        out = out.permute(0, 3, 1, 2, 4).reshape(batch, x.shape[1], self.num_heads * self.head_dim)
         k_cache = mint.cat((k, k_cache[:, :, length:]), dim=2)
         v_cache = mint.cat((v, v_cache[:, :, length:]), dim=2)
         return self.wo(out), k_cache, v_cache
@@ -293,10 +329,11 @@ class LlamaAttention(nn.Cell):
         step (LlamaForCausalLM.rotation); rotation_q also carries the 1/sqrt(D) score scale. No
         transposes. bias (B, 1, 1, T), cache_slot (1, 1, T, 1)."""
         batch = x.shape[0]
-        q = self.rotate_rows(self.wq(x).reshape(batch, self.num_heads, self.head_dim), rotation_q)
-        k = self.rotate_rows(self.wk(x).reshape(batch, self.n_kv_heads, self.head_dim), rotation_k)
+        q, k, v = self.qkv(x)
+        q = self.rotate_rows(q.reshape(batch, self.num_heads, self.head_dim), rotation_q)
+        k = self.rotate_rows(k.reshape(batch, self.n_kv_heads, self.head_dim), rotation_k)
         k_cache = mint.where(cache_slot, k.reshape(batch, self.n_kv_heads, 1, self.head_dim), k_cache)
-        v = self.wv(x).reshape(batch, self.n_kv_heads, 1, self.head_dim)
+        v = v.reshape(batch, self.n_kv_heads, 1, self.head_dim)
         v_cache = mint.where(cache_slot, v, v_cache)
         # Query head h = g * n_rep + r reads kv head g.
         q = q.reshape(batch, self.n_kv_heads, self.n_rep, self.head_dim)
@@ -314,14 +351,25 @@ class LlamaFeedForward(nn.Cell):
         linear = dict(param_dtype=param_dtype, compute_dtype=compute_dtype, init_std=config.initializer_range,
                       init_weights=init_weights)
         quantized = quantized_layers(config, "feed_forward")
-        self.w1 = LlamaLinear(config.hidden_size, config.intermediate_size, **linear, quantized=quantized("w1"))
+        self.intermediate_size = config.intermediate_size
+        if config.qkv_concat:  # MindFormers' fused layout: one w_gate_hidden = [w1; w3] (rows)
+            self.w_gate_hidden = LlamaLinear(config.hidden_size, 2 * config.intermediate_size, **linear,
+                                             quantized=quantized("w_gate_hidden"))
+            self.w1 = self.w3 = None
+        else:
+            self.w_gate_hidden = None
+            self.w1 = LlamaLinear(config.hidden_size, config.intermediate_size, **linear, quantized=quantized("w1"))
+            self.w3 = LlamaLinear(config.hidden_size, config.intermediate_size, **linear, quantized=quantized("w3"))
         self.w2 = LlamaLinear(config.intermediate_size, config.hidden_size, **linear, quantized=quantized("w2"))
-        self.w3 = LlamaLinear(config.hidden_size, config.intermediate_size, **linear, quantized=quantized("w3"))
         kernels = fused_kernels(compute_dtype)
         self.swiglu = kernels.swiglu if kernels else None
         self.compute_dtype = compute_dtype
 
     def construct(self, x):
+        if self.w_gate_hidden is not None:
+            gate_up = self.w_gate_hidden(x)
+            gate, up = gate_up[..., :self.intermediate_size], gate_up[..., self.intermediate_size:]
+            return self.w2(mint.nn.functional.silu(gate) * up)
         # w1.gemv / w3.gemv are None where a layer must not be fused (e.g. wrapped by LoRA: its weight
         # alone is not the layer).
         if self.swiglu is not None and self.w1.gemv is not None and self.w3.gemv is not None and single_row(x):
@@ -338,13 +386,13 @@ class LlamaDecodeLayer(nn.Cell):
         self.ffn_norm = LlamaRMSNorm(config.hidden_size, config.rms_norm_eps, param_dtype)
         self.feed_forward = LlamaFeedForward(config, param_dtype, compute_dtype, init_weights)
 
-    def construct(self, x, cos, sin, rotate, bias):
-        x = x + self.attention(self.attention_norm(x), cos, sin, rotate, bias)
+    def construct(self, x, cos, sin, rotate, bias, prefix=None):
+        x = x + self.attention(self.attention_norm(x), cos, sin, rotate, bias, prefix)
         return x + self.feed_forward(self.ffn_norm(x))
 
-    def forward_with_cache(self, x, rope, bias, cache_slot, k_cache, v_cache):
+    def forward_with_cache(self, x, rope, bias, cache_slot, k_cache, v_cache, prefix=None):
         attn, k_cache, v_cache = self.attention.forward_with_cache(self.attention_norm.inference(x), rope, bias,
-                                                                   cache_slot, k_cache, v_cache)
+                                                                   cache_slot, k_cache, v_cache, prefix)
         x = x + attn
         return x + self.feed_forward(self.ffn_norm.inference(x)), k_cache, v_cache
 
@@ -410,6 +458,54 @@ class LlamaForCausalLM(PreTrainedModel):
                                        config.initializer_range, init_weights,
                                        quantized=quantized_layers(config, "")("lm_head"))
         self.compute_type = compute_dtype
+        # Prefix-tuning / P-tuning v2 (mfcore.training.prefix): a cell giving each layer's prefix keys and
+        # values, set by inject_prefix; None for a plain model.
+        self.prefix_encoder = None
+
+    def prepare_for_training(self) -> None:
+        """Switch 16-bit weights from mfcore's forward-only storage kernels (no gradient) back to MindSpore's
+        cast + matmul, so that the weights can train; called by the Trainer. int8 layers stay as they are
+        (they hold no trainable weights)."""
+        for _, cell in self.cells_and_names():
+            if isinstance(cell, LlamaLinear) and cell.weight_scale is None:
+                cell.storage_op = None
+            elif isinstance(cell, LlamaEmbedding):
+                cell.gather_bf16 = None
+        self.tied_head_storage = None
+
+    def prefix_length(self) -> int:
+        """Key/value positions the prefix adds in front of every sequence (0 without a prefix)."""
+        if self.prefix_encoder is None:
+            return 0
+        return self.prefix_encoder.positions(self.n_kv_heads * self.head_dim)
+
+    def with_prefix_columns(self, bias):
+        """bias (..., T) with the prefix's columns (always visible) in front."""
+        visible = ops.zeros(bias.shape[:-1] + (self.prefix_length(),), bias.dtype)
+        return mint.cat((visible, bias), dim=-1)
+
+    def load_checkpoint(self, path, strict: bool = True) -> None:
+        """PreTrainedModel.load_checkpoint, with the checkpoint's q/k/v layout checked against qkv_concat."""
+        from mfcore.errors import CheckpointError
+        from mfcore.models.weight_files import checkpoint_shapes, find_weight_files
+        from pathlib import Path
+
+        files = [Path(p) for p in path] if isinstance(path, (list, tuple)) else \
+            (find_weight_files(Path(path)) if Path(path).is_dir() else [Path(path)])
+        try:
+            names = [name for name, _ in checkpoint_shapes(files)]
+        except Exception:  # unreadable files: the base class reports them
+            names = []
+        fused = any(name.endswith(("attention.w_qkv.weight", "feed_forward.w_gate_hidden.weight")) for name in names)
+        split = any(name.endswith(("attention.wq.weight", "self_attn.q_proj.weight")) for name in names)
+        want = bool(self.config.qkv_concat)
+        if names and (fused and not want or split and want):
+            layout = "fused w_qkv / w_gate_hidden" if fused else "separate wq/wk/wv, w1/w3"
+            raise CheckpointError(
+                f"{files[0]}: the checkpoint holds {layout} weights but model_config.qkv_concat is {want}; set "
+                f"qkv_concat: {not want} to load it as it is, or convert it with `mfcore convert SRC DST "
+                f"--qkv_concat {'true' if want else 'false'}` (splits or fuses them exactly)")
+        super().load_checkpoint(files, strict)
 
     def logits(self, hidden):
         """Final norm and output head, logits in float32."""
@@ -448,8 +544,12 @@ class LlamaForCausalLM(PreTrainedModel):
             allowed = mint.logical_and(allowed, (attention_mask != 0).expand_dims(1))
         bias = ops.cast(mint.logical_not(allowed), mindspore.float32) * MASK_VALUE
         bias = bias.reshape(bias.shape[0], 1, 1, length, length)
-        for layer in self.model.layers:
-            hidden = layer(hidden, cos, sin, self.model.rotate, bias)
+        prefixes = [None] * self.num_layers
+        if self.prefix_encoder is not None:
+            prefixes = self.prefix_encoder(hidden.shape[0])
+            bias = self.with_prefix_columns(bias)
+        for i, layer in enumerate(self.model.layers):
+            hidden = layer(hidden, cos, sin, self.model.rotate, bias, prefixes[i])
         logits = self.logits(hidden)
         if labels is None and loss_mask is None:
             return logits
@@ -471,7 +571,8 @@ class LlamaForCausalLM(PreTrainedModel):
 
     # -- generation protocol (mfcore.generation) ---------------------------------------------------
     def kv_cache_shapes(self, batch_size: int, cache_length: int):
-        shape = (batch_size, self.n_kv_heads, cache_length, self.head_dim)
+        # a prefix (prefix-tuning) takes the first slots of every layer's cache
+        shape = (batch_size, self.n_kv_heads, self.prefix_length() + cache_length, self.head_dim)
         return [(shape, self.kv_dtype)] * (2 * self.num_layers)
 
     def forward_with_cache(self, input_ids, position_ids, attention_bias, cache_slot, *caches):
@@ -484,10 +585,16 @@ class LlamaForCausalLM(PreTrainedModel):
             bias = attention_bias  # (B, 1, 1, T)
         else:
             bias = attention_bias.expand_dims(1)  # (B, 1, 1, S, T): broadcast over kv heads and groups
+        prefixes = [None] * self.num_layers
+        if self.prefix_encoder is not None:  # the prefix sits in the first cache slots, always visible
+            bias = self.with_prefix_columns(bias)
+            cache_slot = mint.cat((ops.zeros((1, 1, self.prefix_length(), 1), cache_slot.dtype), cache_slot), dim=2)
+            if length > 1:
+                prefixes = self.prefix_encoder(batch)
         new_caches = ()
         for i, layer in enumerate(self.model.layers):
             hidden, k_cache, v_cache = layer.forward_with_cache(hidden, rope, bias, cache_slot, caches[2 * i],
-                                                                caches[2 * i + 1])
+                                                                caches[2 * i + 1], prefixes[i])
             new_caches = new_caches + (k_cache, v_cache)
         logits = self.logits(hidden if length == 1 else hidden[:, -1])
         return (logits,) + new_caches

@@ -51,7 +51,9 @@ class TrainingArguments:
     max_grad_norm: float = 1.0           # 0: no clipping
     compute_dtype: str = "float32"       # float32 | float16 (dynamic loss scaling) | bfloat16 (Ascend)
     loss_scale: float = 2.0 ** 16        # initial fp16 loss scale
-    loss_scale_window: int = 1000        # steps without overflow before the scale doubles
+    loss_scale_window: int = 1000        # steps without overflow before the scale grows
+    loss_scale_factor: float = 2.0       # the scale is divided / multiplied by this (DynamicLossScaleUpdateCell)
+    dynamic_loss_scale: bool = True      # False: a fixed scale (MindFormers' scale_sense given as a number)
     save_steps: int = 0                  # checkpoint every N steps (0: only at the end)
     keep_checkpoint_max: int = 3
     eval_steps: int = 0                  # evaluate every N steps (0: only at the end)
@@ -118,6 +120,8 @@ class Trainer:
                  eval_data: Optional[Dict[str, np.ndarray]] = None, parallel: Optional[ParallelInfo] = None,
                  save_model: Optional[Callable[[nn.Cell, Path], None]] = None):
         args.validate()
+        if train_data is not None and hasattr(model, "prepare_for_training"):
+            model.prepare_for_training()  # e.g. forward-only weight kernels -> differentiable ops
         check_compute_dtype(args.compute_dtype)
         tune_cpu_runtime(args.cpu_threads)
         self.model = model
@@ -289,15 +293,19 @@ class Trainer:
         return last
 
     def _update_loss_scale(self, finite: bool) -> dict:
-        """Dynamic loss scaling: halve on overflow (the step was skipped), double after a clean window."""
+        """Dynamic loss scaling: divide by the factor on overflow (the step was skipped), multiply after a
+        clean window (MindFormers' DynamicLossScaleUpdateCell); a fixed scale only skips overflowing steps."""
         used = self.loss_scale
+        if not self.args.dynamic_loss_scale:
+            return {"loss_scale": used, "skipped": not finite}
+        factor = float(self.args.loss_scale_factor)
         if finite:
             self.good_steps += 1
             if self.good_steps >= self.args.loss_scale_window:
-                self.loss_scale *= 2.0
+                self.loss_scale *= factor
                 self.good_steps = 0
         else:
-            self.loss_scale = max(self.loss_scale / 2.0, 1.0)
+            self.loss_scale = max(self.loss_scale / factor, 1.0)
             self.good_steps = 0
         return {"loss_scale": used, "skipped": not finite}
 
