@@ -10,6 +10,7 @@ from typing import Sequence
 
 import mindspore as ms
 from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
+from mindspore.common.initializer import initializer
 
 
 def decays(param: Parameter) -> bool:
@@ -24,8 +25,10 @@ class AdamW(nn.Cell):
                  eps: float = 1e-8, weight_decay: float = 0.0):
         super().__init__(auto_prefix=False)
         self.params = ParameterTuple(params)
-        self.exp_avg = self.params.clone(prefix="adam_m", init="zeros")
-        self.exp_avg_sq = self.params.clone(prefix="adam_v", init="zeros")
+        # Moments in float32 whatever the parameter dtype (MindFormers' FP32StateAdamWeightDecay): 16-bit
+        # moments would lose small updates and MindSpore cannot mix their dtype with the float32 math.
+        self.exp_avg = fp32_state(self.params, "adam_m")
+        self.exp_avg_sq = fp32_state(self.params, "adam_v")
         self.step = Parameter(Tensor(0, ms.int32), name="adam_step", requires_grad=False)
         self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
         self.weight_decays = tuple(float(weight_decay) if decays(p) else 0.0 for p in self.params)
@@ -78,6 +81,12 @@ class AdamW(nn.Cell):
         ops.assign(m, m_new)
         ops.assign(v, v_new)
         ops.assign(param, value)
+
+
+def fp32_state(params: Sequence[Parameter], prefix: str) -> ParameterTuple:
+    """Zero float32 Parameters named `prefix.<param name>`, one per parameter (names as ParameterTuple.clone)."""
+    return ParameterTuple(Parameter(initializer("zeros", p.shape, ms.float32), name=f"{prefix}.{p.name}",
+                                    requires_grad=False) for p in params)
 
 
 def global_norm(grads) -> Tensor:
