@@ -50,6 +50,8 @@ def rope_inv_freq(head_dim: int, theta: float, rope_scaling: Optional[dict] = No
     if not rope_scaling:
         return inv_freq
     factor = np.float32(rope_scaling["factor"])
+    if rope_scaling.get("rope_type") == "linear":  # position interpolation (MindFormers' PI): positions / factor
+        return (inv_freq / factor).astype(np.float32)
     low, high = np.float32(rope_scaling["low_freq_factor"]), np.float32(rope_scaling["high_freq_factor"])
     old_context = np.float32(rope_scaling["original_max_position_embeddings"])
     low_freq_wavelen, high_freq_wavelen = old_context / low, old_context / high
