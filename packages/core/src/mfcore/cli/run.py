@@ -52,8 +52,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     add(*both_spellings("--repetition_penalty"), type=float)
     add(*both_spellings("--tokenizer"), help="tokenizer preset or directory")
     add(*both_spellings("--options"), nargs="+", help="override YAML keys: a.b.c=value")
-    # Accepted for compatibility; they concern Ascend clusters and have no effect here.
-    for flag in ("--src_strategy_path_or_dir", "--auto_trans_ckpt", "--transform_process_num",
-                 "--only_save_strategy", "--strategy_load_checkpoint", "--profile", "--adapter_id",
-                 "--trust_remote_code"):
-        add(*both_spellings(flag), help=argparse.SUPPRESS)
+    # run_mindformer.py's flags for Ascend clusters: read, and refused with the reason when switched on
+    # (mfcore.tasks.spec.REFUSED_WHEN_SET / REFUSED_FLAGS); --trust_remote_code is explained.
+    for flag, kind in (("--src_strategy_path_or_dir", str), ("--auto_trans_ckpt", parse_bool),
+                       ("--transform_process_num", int), ("--only_save_strategy", parse_bool),
+                       ("--strategy_load_checkpoint", str), ("--profile", parse_bool), ("--adapter_id", str),
+                       ("--trust_remote_code", parse_bool)):
+        add(*both_spellings(flag), type=kind, help=argparse.SUPPRESS)

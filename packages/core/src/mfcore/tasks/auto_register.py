@@ -86,13 +86,23 @@ def apply_auto_register(task: dict, register_path: Optional[str] = None,
             if provider:
                 # MindFormers YAMLs name research-folder modules (llama3_tokenizer.Llama3Tokenizer) for
                 # classes an installed plugin already provides: use the plugin's class.
-                done.append(f"{key_path}: {target} not importable; using {class_name} from plugin {provider!r}")
+                done.append(f"{key_path}: {target} not importable ({type(exc).__name__}: {exc}); using "
+                            f"{class_name} from plugin {provider!r} instead ({_class_path(plugins, class_name)})")
                 continue
             hint = "" if register_path else " (did you forget --register_path DIR?)"
             raise PluginError(f"{key_path}: cannot import {target!r}: {exc}{hint}") from exc
         kind = register_class(plugins, cls, key_path)
         done.append(f"{key_path}: {target} -> {kind}")
     return done
+
+
+def _class_path(plugins: Plugins, class_name: str) -> str:
+    for registry in (plugins.configs, plugins.models, plugins.tokenizers):
+        entry = registry.find_by_class_name(class_name)
+        if entry is not None:
+            value = entry.value
+            return value if isinstance(value, str) else f"{getattr(value, '__module__', '?')}:{class_name}"
+    return "?"
 
 
 def _installed_provider(plugins: Plugins, class_name: str) -> Optional[str]:

@@ -75,6 +75,26 @@ def build_config(spec: TaskSpec, base_dir: Optional[Path] = None):
 
 
 def _checkpoint_path(spec: TaskSpec) -> Optional[Path]:
+    named = (spec.model_config or {}).get("checkpoint_name_or_path")
+    if not spec.load_checkpoint and named and spec.run_mode != "train":
+        # MindFormers loads model_config.checkpoint_name_or_path when load_checkpoint is empty: a path, or a
+        # model name (here: a preset whose weights were converted into $MFCORE_HOME/models)
+        from mfcore.models.auto import installed_weights
+        from mfcore.plugins.manager import get_plugins
+
+        if Path(named).exists():
+            return Path(named)
+        try:
+            preset = get_plugins().preset(str(named)).name
+        except MfcoreError as exc:
+            raise ConfigError("model.model_config.checkpoint_name_or_path", f"{named!r}: not a path, and {exc}") \
+                from exc
+        weights = installed_weights(preset)
+        if weights is None:
+            raise ConfigError("model.model_config.checkpoint_name_or_path",
+                              f"{named!r} names preset {preset!r}, whose weights are not installed; convert them "
+                              f"with `mfcore convert SRC $MFCORE_HOME/models/{preset}` or set load_checkpoint")
+        return weights
     if not spec.load_checkpoint:
         # a preset's weights converted into $MFCORE_HOME/models/<preset> (see mfcore.auto.installed_weights)
         from mfcore.models.auto import installed_weights
@@ -86,12 +106,34 @@ def _checkpoint_path(spec: TaskSpec) -> Optional[Path]:
     return path
 
 
+def check_arch(spec: TaskSpec, model) -> None:
+    """model.arch.type (MindFormers' network class) must name the class that was built."""
+    if spec.arch and spec.arch != type(model).__name__:
+        raise ConfigError("model.arch.type", f"{spec.arch!r}, but the config builds {type(model).__name__} "
+                                             f"(model_type {getattr(model.config, 'model_type', '?')!r}); name that "
+                                             "class, or register a plugin that provides this one")
+
+
 def load_model(spec: TaskSpec, allow_random: bool):
-    """(model, where its weights came from)."""
+    """(model, where its weights came from), checked against model.arch.type."""
+    model, source = _load_model(spec, allow_random)
+    check_arch(spec, model)
+    return model, source
+
+
+def _load_model(spec: TaskSpec, allow_random: bool):
     from mfcore.models.auto import AutoModelForCausalLM
     from mfcore.training.lora import LoraConfig, inject_lora, is_adapter_dir, load_adapter, read_adapter_config
+    from mfcore.training.prefix import (PET_TYPES as PREFIX_TYPES, inject_prefix, load_prefix_adapter,
+                                        prefix_config_from_adapter)
 
     path = _checkpoint_path(spec)
+    if spec.pet_config is not None and spec.run_mode in ("predict", "eval") and \
+            not (path is not None and path.is_dir() and is_adapter_dir(path)):
+        raise ConfigError("model.model_config.pet_config",
+                          f"{spec.pet_config.get('pet_type', 'lora')}: run_mode {spec.run_mode} with a pet_config "
+                          f"needs the trained adapter; set load_checkpoint to the adapter directory the finetune "
+                          f"wrote (output_dir/adapter), not {path}")
     if path is not None and path.is_dir() and is_adapter_dir(path):
         info = read_adapter_config(path)
         base = info.get("base_model")
@@ -100,6 +142,11 @@ def load_model(spec: TaskSpec, allow_random: bool):
         base_spec = TaskSpec(run_mode=spec.run_mode, task=spec.task, preset=None if Path(base).exists() else base,
                              model_config=spec.model_config, load_checkpoint=base if Path(base).exists() else None)
         model, _ = load_model(base_spec, allow_random=True)
+        pet_type = info.get("pet_type", "lora")
+        if pet_type in PREFIX_TYPES:
+            inject_prefix(model, prefix_config_from_adapter(info))
+            load_prefix_adapter(model, path)
+            return model, f"{base} + {pet_type} adapter {path}"
         fields = {k: info[k] for k in ("rank", "alpha", "dropout", "target_modules") if k in info}
         inject_lora(model, LoraConfig(**fields))
         load_adapter(model, path)
@@ -120,6 +167,11 @@ def load_model(spec: TaskSpec, allow_random: bool):
     return AutoModelForCausalLM.from_config(config), "random initialisation (seed %d)" % spec.seed
 
 
+# processor.tokenizer keys that set how a tokenizer encodes (its files come from vocab_file or the weights)
+TOKENIZER_SETTINGS = ("add_bos_token", "add_eos_token", "bos_token", "eos_token", "unk_token", "pad_token",
+                      "model_max_length", "additional_special_tokens")
+
+
 def load_tokenizer(spec: TaskSpec, required: bool):
     """--tokenizer, else tokenizer files next to the weights, else processor.tokenizer, else the preset's."""
     from mfcore.models.auto import AutoTokenizer
@@ -137,9 +189,15 @@ def load_tokenizer(spec: TaskSpec, required: bool):
             base = json.loads(adapter.read_text(encoding="utf-8")).get("base_model")
             if base and Path(base).is_dir():
                 candidates.append(Path(base))
+    # The YAML's processor.tokenizer settings (add_bos_token, pad_token, ...) apply to tokenizer files found
+    # beside the weights too, as MindFormers builds its tokenizer from the YAML.
+    settings = {key: value for key, value in (spec.tokenizer_spec or {}).items() if key in TOKENIZER_SETTINGS}
     for directory in candidates:
         if (directory / "tokenizer_config.json").exists():
-            return AutoTokenizer.from_pretrained(directory)
+            try:
+                return AutoTokenizer.from_pretrained(directory, **settings)
+            except ConfigError as exc:
+                raise _prefixed(exc, "processor.tokenizer") from exc
     if spec.tokenizer_spec:
         tokenizer_spec = dict(spec.tokenizer_spec)
         name = tokenizer_spec.pop("type", None)
@@ -172,6 +230,7 @@ def load_tokenizer(spec: TaskSpec, required: bool):
 def run_train(spec: TaskSpec, parallel) -> int:
     from mfcore.data.mindrecord import read_mindrecord
     from mfcore.training.lora import LoraConfig, inject_lora, merge_lora, save_adapter
+    from mfcore.training.prefix import PET_TYPES as PREFIX_TYPES, PrefixConfig, inject_prefix, save_prefix_adapter
     from mfcore.training.trainer import Trainer, check_compute_dtype
 
     check_compute_dtype(spec.training.compute_dtype)
@@ -181,8 +240,16 @@ def run_train(spec: TaskSpec, parallel) -> int:
     if parallel.rank == 0:
         print(f"model: {source}; {len(train_data['input_ids'])} training sequences of "
               f"{train_data['input_ids'].shape[1]} tokens", file=sys.stderr)
-    lora = None
-    if spec.pet_config is not None:
+    lora = prefix = None
+    pet_type = str((spec.pet_config or {}).get("pet_type", "lora")).lower()
+    if spec.pet_config is not None and pet_type in PREFIX_TYPES:
+        prefix = PrefixConfig.from_dict(spec.pet_config)
+        prefix.seed = spec.seed
+        inject_prefix(model, prefix)
+        if parallel.rank == 0:
+            print(f"{prefix.pet_type}: {prefix.length} prefix tokens on {model.config.num_layers} layers",
+                  file=sys.stderr)
+    elif spec.pet_config is not None:
         lora = LoraConfig.from_dict(spec.pet_config)
         lora.seed = spec.seed
         wrapped = inject_lora(model, lora)
@@ -195,14 +262,20 @@ def run_train(spec: TaskSpec, parallel) -> int:
     if parallel.rank == 0 and not stopped:
         out = Path(spec.output_dir)
         tokenizer = load_tokenizer(spec, required=False)
+        base = str(Path(spec.load_checkpoint).resolve()) if spec.load_checkpoint else spec.preset
         if lora is not None:
-            base = str(Path(spec.load_checkpoint).resolve()) if spec.load_checkpoint else spec.preset
             with atomic_directory(out / "adapter", overwrite=True) as tmp:
                 save_adapter(model, tmp, base_model=base)
             result["adapter"] = str(out / "adapter")
             if spec.merge_lora:
                 merge_lora(model)
-        if lora is None or spec.merge_lora:
+        if prefix is not None:  # a prefix is not foldable into the weights: only the adapter is written
+            if spec.merge_lora:
+                raise ConfigError("merge_lora", f"a {prefix.pet_type} prefix cannot be merged into the weights")
+            with atomic_directory(out / "adapter", overwrite=True) as tmp:
+                save_prefix_adapter(model, tmp, base_model=base)
+            result["adapter"] = str(out / "adapter")
+        elif lora is None or spec.merge_lora:
             with atomic_directory(out / "model", overwrite=True) as tmp:
                 model.save_pretrained(tmp)
                 if tokenizer is not None:

@@ -32,7 +32,38 @@ KNOWN_TOP_LEVEL = {
     "transform_process_num", "remote_save_url", "swap_config", "load_ckpt_format", "use_legacy",
     "merge_lora", "predict_data", "max_new_tokens", "do_sample", "tokenizer", "load_ckpt_async",
     "predict_batch_size", "temperature", "top_k", "top_p", "repetition_penalty",
-    "print_separate_loss", "monitor_config", "tensorboard",
+    "print_separate_loss", "monitor_config", "tensorboard", "eval_callbacks",
+}
+
+# Top-level keys that change how MindFormers runs and are refused here when set to anything but their
+# off value, with the reason (the rest of KNOWN_TOP_LEVEL: see INERT_TOP_LEVEL in validate_task).
+REFUSED_WHEN_SET = {
+    "auto_trans_ckpt": "automatic re-slicing of distributed checkpoints is not implemented; load a whole "
+                       "checkpoint (`mfcore convert` merges MindFormers / Hugging Face / Meta shards) and set "
+                       "auto_trans_ckpt: False",
+    "src_strategy_path_or_dir": "sharding strategy files are for auto_trans_ckpt, which is not implemented; "
+                                "leave it empty and load a whole checkpoint",
+    "only_save_strategy": "there are no sharding strategy files to save here (no model parallel); set it False",
+    "profile": "MindSpore's profiler is not wired into `mfcore run`; set profile: False",
+    "auto_tune": "MindFormers' auto tuning is not implemented; set auto_tune: False",
+    "layer_scale": "layer-wise learning-rate scaling is not implemented; set layer_scale: False",
+    "lr_scale": "learning-rate scaling by batch size is not implemented; set lr_scale: False",
+    "moe_config": "mixture-of-experts is not part of the Llama network",
+    "swap_config": "activation swapping (Ascend memory offload) is not implemented; remove swap_config",
+}
+# The settings that only matter with one of the features above switched on (they change nothing here).
+INERT_TOP_LEVEL = {
+    "transform_process_num": "auto_trans_ckpt", "profile_start_step": "profile", "profile_stop_step": "profile",
+    "init_start_profile": "profile", "profile_communication": "profile", "profile_memory": "profile",
+    "filepath_prefix": "auto_tune", "autotune_per_step": "auto_tune", "layer_decay": "layer_scale",
+    "lr_scale_factor": "lr_scale",
+}
+# Callback types of MindFormers' YAMLs: what they do here.
+CALLBACKS = {
+    "MFLossMonitor": "loss / learning rate logging (per_print_times)",
+    "CheckpointMonitor": "checkpoints every save_checkpoint_steps, keep_checkpoint_max kept",
+    "ObsMonitor": "uploads output_dir to Huawei OBS on the AICC platform; no OBS here, so nothing to upload "
+                  "(checkpoints stay in output_dir)",
 }
 
 
@@ -106,11 +137,29 @@ FLAG_PATHS = {
     "do_sample": "do_sample", "tokenizer": "tokenizer", "num_samples": "train_dataset.num_samples",
     "predict_batch_size": "predict_batch_size", "temperature": "temperature", "top_k": "top_k", "top_p": "top_p",
     "repetition_penalty": "repetition_penalty",
+    # refused by validate_task when switched on (REFUSED_WHEN_SET), as the same YAML keys are
+    "auto_trans_ckpt": "auto_trans_ckpt", "src_strategy_path_or_dir": "src_strategy_path_or_dir",
+    "only_save_strategy": "only_save_strategy", "profile": "profile",
+    "transform_process_num": "transform_process_num",
+}
+# run_mindformer.py flags with no YAML key: what they need that is not here.
+REFUSED_FLAGS = {
+    "strategy_load_checkpoint": "loading a sharding strategy is for distributed checkpoints re-sliced by "
+                                "auto_trans_ckpt, which is not implemented",
+    "adapter_id": "choosing one of many LoRA adapters per request is SLoRA (pet_type slora), which is not "
+                  "implemented; pass the adapter directory as --load_checkpoint",
 }
 
 
 def apply_flags(task: dict, args) -> None:
     """Command-line values override the YAML."""
+    for flag, why in REFUSED_FLAGS.items():
+        if getattr(args, flag, None) not in (None, ""):
+            raise ConfigError(f"--{flag}", why)
+    if getattr(args, "trust_remote_code", None):
+        print("--trust_remote_code: mfcore never runs code found beside a checkpoint; model classes come from "
+              "installed plugins (or auto_register + --register_path), so this flag changes nothing",
+              file=sys.stderr)
     for flag, key_path in FLAG_PATHS.items():
         value = getattr(args, flag, None)
         if value is not None:
@@ -227,6 +276,7 @@ class TaskSpec:
     generation: Dict[str, Any] = field(default_factory=dict)   # temperature, top_k, top_p, repetition_penalty
     merge_lora: bool = False
     context: Dict[str, Any] = field(default_factory=dict)
+    arch: Optional[str] = None                # model.arch.type (checked against the config's model class)
     parallel: ParallelSpec = field(default_factory=ParallelSpec)
     training: Any = None                      # trainer.TrainingArguments (train / finetune / eval)
 
@@ -240,6 +290,11 @@ def validate_task(task: dict, preset: Optional[str] = None) -> TaskSpec:
                           stacklevel=2)
     for section in MAPPING_SECTIONS:
         r.section(section)
+    for key, why in REFUSED_WHEN_SET.items():
+        if task.get(key) not in (None, False, "", "False", "false", {}, 0):
+            raise ConfigError(key, f"{task[key]!r}: {why}")
+    _check_callbacks(r, "callbacks")
+    _check_callbacks(r, "eval_callbacks")
     run_mode = task.get("run_mode")
     if run_mode is None:
         if not preset:
@@ -249,6 +304,10 @@ def validate_task(task: dict, preset: Optional[str] = None) -> TaskSpec:
     if run_mode not in RUN_MODES:
         raise ConfigError("run_mode", f"must be one of {', '.join(RUN_MODES)}, got {run_mode!r}")
     spec = TaskSpec(run_mode=run_mode, task=task, preset=preset)
+    arch = r.raw("model.arch.type", None)
+    if arch is not None and not isinstance(arch, str):
+        raise ConfigError("model.arch.type", f"must be a model class name, got {arch!r}")
+    spec.arch = arch
     spec.seed = r.int("seed", 0, minimum=0)
     spec.output_dir = r.str("output_dir", "./output")
     checkpoint = r.raw("load_checkpoint", None)
@@ -275,9 +334,21 @@ def validate_task(task: dict, preset: Optional[str] = None) -> TaskSpec:
         if not preset and not spec.load_checkpoint and not (config.get("type") or config.get("model_type")):
             raise ConfigError("model.model_config.type", "missing; name the config class (e.g. LlamaConfig) "
                                                          "or give model_type")
-    if spec.pet_config is not None and run_mode not in ("finetune", "predict", "eval"):
-        raise ConfigError("model.model_config.pet_config", f"LoRA (pet_config) is for run_mode finetune, "
-                                                           f"not {run_mode}")
+    if spec.pet_config is not None:
+        pet_type = str(spec.pet_config.get("pet_type", "lora")).lower()
+        if pet_type == "slora":
+            raise ConfigError("model.model_config.pet_config.pet_type",
+                              "slora (serving many LoRA adapters in one batch, chosen by --adapter_id) is not "
+                              "implemented; use pet_type lora with load_checkpoint the adapter directory a "
+                              "LoRA finetune wrote (output_dir/adapter)")
+        if pet_type not in ("lora", "prefixtuning", "ptuning2"):
+            raise ConfigError("model.model_config.pet_config.pet_type",
+                              f"{pet_type!r} is not supported; use lora, prefixtuning or ptuning2")
+        # MindFormers' LoRA files say run_mode train (its trainer adds the adapters all the same)
+        if run_mode == "train" and pet_type != "lora":
+            raise ConfigError("model.model_config.pet_config", f"{pet_type} is for run_mode finetune, not train")
+    if spec.model_config is not None and spec.model_config.get("quantization_config") is not None:
+        spec.model_config["quantization_config"] = _quantization(spec.model_config["quantization_config"])
 
     tokenizer = task.get("tokenizer")
     if tokenizer is not None:
@@ -286,7 +357,7 @@ def validate_task(task: dict, preset: Optional[str] = None) -> TaskSpec:
 
     spec.context = dict(r.section("context"))
     spec.parallel = ParallelSpec(
-        use_parallel=r.bool("use_parallel", False),
+        use_parallel=_use_parallel(r),
         data_parallel=r.int("parallel_config.data_parallel", 1, minimum=1),
         model_parallel=r.int("parallel_config.model_parallel", 1, minimum=1),
         pipeline_stage=r.int("parallel_config.pipeline_stage", 1, minimum=1))
@@ -318,6 +389,51 @@ def validate_task(task: dict, preset: Optional[str] = None) -> TaskSpec:
                 spec.generation[key] = task[key]
     spec.training = training_arguments(r, spec)
     return spec
+
+
+def _use_parallel(r: TaskReader) -> bool:
+    value = r.raw("use_parallel", False)
+    if not isinstance(value, bool):
+        # MindFormers tests `if use_parallel:`, so a string such as 'Flase' would switch parallel on there
+        raise ConfigError("use_parallel", f"must be true or false, got {value!r} ({_type_name(value)}); "
+                                          "MindFormers would read any non-empty string as true")
+    return value
+
+
+def _check_callbacks(r: TaskReader, path: str) -> None:
+    callbacks = r.raw(path, [])
+    if not isinstance(callbacks, list):
+        raise ConfigError(path, f"must be a list, got {_type_name(callbacks)}")
+    for index, callback in enumerate(callbacks):
+        kind = callback.get("type") if isinstance(callback, dict) else None
+        if kind not in CALLBACKS:
+            raise ConfigError(f"{path}[{index}].type", f"{kind!r} is not a callback mfcore runs; known: "
+                                                      f"{', '.join(sorted(CALLBACKS))}")
+        if kind == "ObsMonitor":
+            warnings.warn(f"{path}[{index}]: ObsMonitor {CALLBACKS[kind]}", UserWarning, stacklevel=3)
+
+
+def _quantization(value):
+    """model_config.quantization_config as MindFormers' golden-stick YAMLs write it -> what
+    mfcore.models.quantization reads: RTN int8 weight-only runs; PTQ and SmoothQuant are refused."""
+    where = "model.model_config.quantization_config"
+    if not isinstance(value, dict):
+        return value
+    value = dict(value)
+    method = str(value.get("quant_method", "")).lower()
+    if method in ("ptq", "smooth_quant", "smoothquant"):
+        raise ConfigError(f"{where}.quant_method", f"{method!r} quantizes activations (int8 weights and "
+                          "activations, calibrated on data with MindSpore golden-stick on Ascend), which is not "
+                          "implemented; use quant_method: rtn with weight_dtype: int8 (weight-only round-to-"
+                          "nearest, activation_dtype None) instead")
+    args = value.pop("algorithm_args", None)
+    if args:  # RTN has no algorithm arguments in MindFormers either; anything here would be for PTQ / SQ
+        raise ConfigError(f"{where}.algorithm_args", f"{args!r}: quant_method rtn takes no algorithm arguments")
+    if value.get("outliers_suppression") not in (None, "None", "none"):
+        raise ConfigError(f"{where}.outliers_suppression", "outlier suppression (smooth) is for SmoothQuant, "
+                                                           "which is not implemented; set it None")
+    value.pop("outliers_suppression", None)
+    return value
 
 
 def _random_init_ok(preset: Optional[str]) -> bool:
@@ -384,11 +500,18 @@ def training_arguments(r: TaskReader, spec: TaskSpec):
     if not isinstance(resume, (bool, str)):
         raise ConfigError("resume_training", f"must be true/false or a checkpoint path, got {resume!r}")
     scale = r.raw("runner_wrapper.scale_sense", None)
-    loss_scale = 2.0 ** 16
+    loss_scale, window, factor, dynamic = 2.0 ** 16, 1000, 2.0, True
     if isinstance(scale, dict):
-        loss_scale = float(scale.get("loss_scale_value", loss_scale))
+        kind = scale.get("type", "DynamicLossScaleUpdateCell")
+        if kind not in ("DynamicLossScaleUpdateCell", "FixedLossScaleUpdateCell"):
+            raise ConfigError("runner_wrapper.scale_sense.type", f"{kind!r}; use DynamicLossScaleUpdateCell or "
+                                                                 "FixedLossScaleUpdateCell")
+        loss_scale = r.number("runner_wrapper.scale_sense.loss_scale_value", loss_scale, positive=True)
+        dynamic = kind == "DynamicLossScaleUpdateCell"
+        window = r.int("runner_wrapper.scale_sense.scale_window", window, minimum=1)
+        factor = r.number("runner_wrapper.scale_sense.scale_factor", factor, positive=True)
     elif isinstance(scale, (int, float)) and not isinstance(scale, bool):
-        loss_scale = float(scale)
+        loss_scale, dynamic = float(scale), False  # a number: MindFormers' fixed loss scale
     return TrainingArguments(
         output_dir=spec.output_dir, seed=spec.seed, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
         gradient_accumulation_steps=accumulation, learning_rate=learning_rate, lr_schedule=schedule,
@@ -397,7 +520,8 @@ def training_arguments(r: TaskReader, spec: TaskSpec):
         beta1=r.number("optimizer.beta1", 0.9, minimum=0.0), beta2=r.number("optimizer.beta2", 0.95, minimum=0.0),
         eps=r.number("optimizer.eps", 1e-8, positive=True),
         weight_decay=r.number("optimizer.weight_decay", 0.0, minimum=0.0), max_grad_norm=max_grad_norm,
-        compute_dtype=compute_dtype, loss_scale=loss_scale, save_steps=save_steps, keep_checkpoint_max=keep,
+        compute_dtype=compute_dtype, loss_scale=loss_scale, loss_scale_window=window, loss_scale_factor=factor,
+        dynamic_loss_scale=dynamic, save_steps=save_steps, keep_checkpoint_max=keep,
         eval_steps=r.int("eval_step_interval", 0, minimum=0) if spec.do_eval else 0,
         eval_batch_size=r.int("eval_dataset.batch_size", None, minimum=1),
         logging_steps=logging_steps, shuffle=r.bool("train_dataset.data_loader.shuffle", True), resume=resume,
