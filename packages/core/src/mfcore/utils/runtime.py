@@ -72,6 +72,7 @@ def setup(device_target: Optional[str] = None, mode: Optional[str] = None, devic
             mindspore.set_context(mode=mindspore.GRAPH_MODE if mode_name == "graph" else mindspore.PYNATIVE_MODE)
         if device == "CPU":
             run_graphs_host_blocking()
+            warn_about_compile_cache()
         blocking = bool(_info and _info.launch_blocking)
         if device == "CPU" and mode_name == "pynative" and not blocking:
             import mindspore.runtime
@@ -90,6 +91,20 @@ def run_graphs_host_blocking() -> None:
     variable when it compiles a graph, so this must come before the first jit call; a value already in
     the environment (e.g. MS_DEV_HOST_BLOCKING_RUN=0) wins."""
     os.environ.setdefault("MS_DEV_HOST_BLOCKING_RUN", "1")
+
+
+def warn_about_compile_cache() -> None:
+    """MindSpore 2.10's compile cache (MS_COMPILER_CACHE_ENABLE=1) reloads a graph in a later process without
+    binding the model's parameters to it: on CPU a tiny Llama then generated only id 0, silently
+    (benchmarks/RESULTS.md, "Real size"). Say so before anything runs."""
+    if os.environ.get("MS_COMPILER_CACHE_ENABLE", "0") not in ("", "0") and not _warned_compile_cache:
+        globals()["_warned_compile_cache"] = True
+        warnings.warn("MS_COMPILER_CACHE_ENABLE is set: with MindSpore 2.10 on CPU a graph reloaded from the "
+                      "compile cache runs without the model's weights (mfcore measured all-zero generations); "
+                      "unset it", UserWarning, stacklevel=3)
+
+
+_warned_compile_cache = False
 
 
 def _set_device(mindspore, device: str, device_id: Optional[int]) -> str:
