@@ -76,5 +76,7 @@ def register_configs(register):
     register("good", GoodConfig)
 """})
     lines = apply_auto_register({"model": {"model_config": {"auto_register": "good_research.GoodConfig"}}})
-    assert lines == ["model.model_config.auto_register: good_research.GoodConfig not importable; "
-                     "using GoodConfig from plugin 'good'"]
+    # the original import error and the substitute are both shown
+    assert lines == ["model.model_config.auto_register: good_research.GoodConfig not importable "
+                     "(ModuleNotFoundError: No module named 'good_research'); using GoodConfig from plugin "
+                     "'good' instead (mf_good_plugin2:GoodConfig)"]

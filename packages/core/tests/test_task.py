@@ -85,8 +85,10 @@ def test_eval_needs_data_and_finetune_needs_weights():
         validate_task(task(run_mode="finetune"))
     with pytest.raises(ConfigError, match="predict_data: missing"):
         validate_task(task(run_mode="predict", load_checkpoint="w"))
+    # LoRA in run_mode train is allowed (MindFormers' lora_llama2_13b.yaml says train); a prefix is not
+    validate_task(task(model__model_config__pet_config={"lora_rank": 4}))
     with pytest.raises(ConfigError, match="pet_config.*finetune"):
-        validate_task(task(model__model_config__pet_config={"lora_rank": 4}))
+        validate_task(task(model__model_config__pet_config={"pet_type": "prefixtuning"}))
 
 
 def _args(argv):
