@@ -505,8 +505,7 @@ class LlamaForCausalLM(PreTrainedModel):
             layout = "fused w_qkv / w_gate_hidden" if fused else "separate wq/wk/wv, w1/w3"
             raise CheckpointError(
                 f"{files[0]}: the checkpoint holds {layout} weights but model_config.qkv_concat is {want}; set "
-                f"qkv_concat: {not want} to load it as it is, or convert it with `mfcore convert SRC DST "
-                f"--qkv_concat {'true' if want else 'false'}` (splits or fuses them exactly)")
+                f"qkv_concat: {not want} to load it as it is (`mfcore convert` does not fuse or split q/k/v yet)")
         super().load_checkpoint(files, strict)
 
     def logits(self, hidden):
