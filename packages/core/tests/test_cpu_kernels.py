@@ -91,7 +91,7 @@ def test_a_failed_compile_leaves_no_library(fresh_state, tmp_path, monkeypatch):
     broken = tmp_path / "broken.cc"
     broken.write_text("this is not C++\n")
     monkeypatch.setenv("MFCORE_HOME", str(tmp_path))
-    monkeypatch.setattr(cpu_kernels, "SOURCE", broken)
+    monkeypatch.setattr(cpu_kernels, "SOURCES", (broken,))
     runtime.ensure_runtime()
     if cpu_kernels.shutil.which("g++") is None:
         pytest.skip("no g++ here")
@@ -102,7 +102,7 @@ def test_a_failed_compile_leaves_no_library(fresh_state, tmp_path, monkeypatch):
 
 def test_a_missing_source_never_stops_a_run(fresh_state, tmp_path, monkeypatch):
     monkeypatch.setenv("MFCORE_HOME", str(tmp_path))
-    monkeypatch.setattr(cpu_kernels, "SOURCE", tmp_path / "gone.cc")
+    monkeypatch.setattr(cpu_kernels, "SOURCES", (tmp_path / "gone.cc",))
     runtime.ensure_runtime()
     if cpu_kernels.shutil.which("g++") is None:
         pytest.skip("no g++ here")
