@@ -104,9 +104,31 @@ inline Vec wload(const typename W::T* p, W) { return {W::one(*p)}; }
 constexpr int64_t kDecodeRows = 4;  // up to this many rows, weights are streamed (decode)
 constexpr int64_t kTile = 4;        // prefill register tile: 4 rows of x by 4 rows of W
 
+// One row of x against one weight row: four independent sums, so that the loads and conversions of the
+// next block overlap the FMA latency of this one (one chain would leave memory bandwidth unused).
+template <class W>
+float dot_one(const float* x, int64_t k, const typename W::T* w) {
+  Vec a0 = vzero(), a1 = vzero(), a2 = vzero(), a3 = vzero();
+  int64_t i = 0;
+  for (; i + 4 * kWidth <= k; i += 4 * kWidth) {
+    a0 = vfma(vload(x + i), wload(w + i, W()), a0);
+    a1 = vfma(vload(x + i + kWidth), wload(w + i + kWidth, W()), a1);
+    a2 = vfma(vload(x + i + 2 * kWidth), wload(w + i + 2 * kWidth, W()), a2);
+    a3 = vfma(vload(x + i + 3 * kWidth), wload(w + i + 3 * kWidth, W()), a3);
+  }
+  for (; i + kWidth <= k; i += kWidth) a0 = vfma(vload(x + i), wload(w + i, W()), a0);
+  float sum = vsum(a0) + vsum(a1) + vsum(a2) + vsum(a3);
+  for (; i < k; ++i) sum += x[i] * W::one(w[i]);
+  return sum;
+}
+
 // Up to 4 rows of x against one weight row, read once.
 template <class W>
 void dot_rows(const float* x, int64_t rows, int64_t k, const typename W::T* w, float* out) {
+  if (rows == 1) {
+    out[0] = dot_one<W>(x, k, w);
+    return;
+  }
   Vec acc[kDecodeRows] = {vzero(), vzero(), vzero(), vzero()};
   int64_t i = 0;
   for (; i + kWidth <= k; i += kWidth) {
