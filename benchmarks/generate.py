@@ -36,6 +36,8 @@ import time
 # Run as a script, this folder is sys.path[0]: a sibling benchmark such as tokenizers.py would shadow the
 # package of the same name.
 _HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, _HERE)
+from stamps import Stamps  # noqa: E402
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 
 import numpy as np
@@ -47,24 +49,6 @@ SIZES = {
                   num_attention_heads=12, num_key_value_heads=12, rope_theta=10000.0, max_position_embeddings=2048,
                   tie_word_embeddings=True),
 }
-
-
-class Stamps:
-    """A streamer (transformers' put/end protocol) that records when each new token arrives."""
-
-    def __init__(self):
-        self.times = []
-        self.prompt_seen = False
-        self.start = time.perf_counter()
-
-    def put(self, value):
-        if not self.prompt_seen:  # the first put is the prompt
-            self.prompt_seen = True
-            return
-        self.times.append(time.perf_counter())
-
-    def end(self):
-        pass
 
 
 def copy_bandwidth(megabytes=256, repeats=5):

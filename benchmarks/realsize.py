@@ -63,6 +63,8 @@ import time
 # Run as a script, this folder is sys.path[0]: a sibling benchmark such as tokenizers.py would shadow the
 # package of the same name (transformers imports it).
 _HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, _HERE)
+from stamps import Stamps  # noqa: E402
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 
 import numpy as np
@@ -185,24 +187,6 @@ def model_shape(directory):
 
 
 # -- child processes: mfcore and transformers -------------------------------------------------------------------
-class Stamps:
-    """A streamer (transformers' put/end protocol) that records when each new token arrives."""
-
-    def __init__(self):
-        self.times = []
-        self.prompt_seen = False
-        self.start = time.perf_counter()
-
-    def put(self, value):
-        if not self.prompt_seen:  # the first put is the prompt
-            self.prompt_seen = True
-            return
-        self.times.append(time.perf_counter())
-
-    def end(self):
-        pass
-
-
 class Skip(Exception):
     """The side cannot run here (an API that does not exist yet, weights not of the asked type)."""
 
