@@ -155,6 +155,12 @@ def test_rtn_int8_quantizes_per_output_channel():
     assert q.dtype == np.int8 and scale.dtype == np.float32 and scale[3] == 1.0 and not q[3].any()
     np.testing.assert_array_equal(np.abs(q).max(axis=1)[[0, 1, 2, 4]], 127)
     assert np.abs(q * scale[:, None] - w).max() <= scale.max() / 2 + 1e-7  # round to nearest
+    # bfloat16 weights arrive as their uint16 bits (safetensors' BF16) and quantize as their float32 values
+    bits = (_round_bf16(w).view(np.uint32) >> 16).astype(np.uint16)
+    q16, scale16 = quantize_rtn_int8(bits)
+    q32, scale32 = quantize_rtn_int8(_round_bf16(w))
+    np.testing.assert_array_equal(q16, q32)
+    np.testing.assert_array_equal(scale16, scale32)
 
 
 def test_int8_model_equals_float32_on_dequantized_weights(saved, tmp_path, monkeypatch):

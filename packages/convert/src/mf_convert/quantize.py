@@ -49,22 +49,13 @@ class QuantizedTensors:
         self._scales = {}
 
     def weight(self, item, produce_float: Callable):
-        quantized, scale = quantize_rtn_int8(_as_float32(produce_float(), item.source_dtype))
+        quantized, scale = quantize_rtn_int8(produce_float())  # bfloat16 arrives as its bits
         self._scales[item.target_name + SCALE_SUFFIX] = scale
         return quantized
 
     def scale(self, item, produce_float: Callable):
         scale = self._scales.pop(item.target_name, None)
         if scale is None:  # e.g. --verify re-reading a scale on its own
-            _, scale = quantize_rtn_int8(_as_float32(produce_float(), "F32"))
+            _, scale = quantize_rtn_int8(produce_float())
         return scale
 
-
-def _as_float32(array, dtype: str):
-    import numpy as np
-
-    from mfcore.models.safetensors_reader import bf16_to_f32
-
-    if array.dtype == np.uint16:  # bfloat16 bits
-        return bf16_to_f32(array)
-    return np.asarray(array, dtype=np.float32)

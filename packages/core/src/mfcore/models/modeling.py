@@ -24,7 +24,7 @@ from mindspore import Tensor, nn
 from mfcore.errors import CheckpointError, ConfigError
 from mfcore.generation.config import GENERATION_CONFIG_NAME, GenerationConfig
 from mfcore.generation.decoding import generate as _generate
-from mfcore.utils.runtime import ensure_runtime, supports_compute_dtype
+from mfcore.utils.runtime import device_target, ensure_runtime, supports_compute_dtype
 
 from .configuration import PretrainedConfig, normalize_dtype
 from .quantization import SCALE_SUFFIX, quantize_rtn_int8
@@ -68,8 +68,6 @@ class PreTrainedModel(nn.Cell):
     def settle_cpu_storage(config: PretrainedConfig, dtype=None) -> None:
         """On CPU, 16-bit weights stay 16-bit and compute in float32 through mfcore's weight kernels (a
         quantized model keeps its other weights in bfloat16 unless `dtype=` says otherwise)."""
-        from mfcore.utils.runtime import device_target
-
         if device_target() != "CPU":
             return
         if dtype is None and getattr(config, "quantization_config", None):
@@ -266,7 +264,7 @@ class PreTrainedModel(nn.Cell):
             if param is None:
                 continue
             if param.dtype == mindspore.int8 and value.dtype != mindspore.int8:  # quantize while loading
-                quantized, scale = quantize_rtn_int8(_float_array(value))
+                quantized, scale = quantize_rtn_int8(_weight_array(value))
                 param.set_data(Tensor.from_numpy(quantized))
                 params[translate(name) + SCALE_SUFFIX].set_data(Tensor.from_numpy(scale))
             else:  # same dtype: the tensor read is taken as it is, no copy
@@ -333,9 +331,9 @@ class PreTrainedModel(nn.Cell):
         return input_ids, labels, None, None, None
 
 
-def _float_array(value) -> np.ndarray:
-    """A float tensor read from a checkpoint as a float32 numpy array (bfloat16 widened exactly)."""
+def _weight_array(value) -> np.ndarray:
+    """A float tensor read from a checkpoint as numpy, as quantize_rtn_int8 takes it (bfloat16 as its bits,
+    widened there a chunk at a time)."""
     if value.dtype == mindspore.bfloat16:
-        bits = value.view(mindspore.int16).asnumpy().view(np.uint16)
-        return (bits.astype(np.uint32) << 16).view(np.float32)
-    return value.asnumpy().astype(np.float32, copy=False)
+        return value.view(mindspore.int16).asnumpy().view(np.uint16)
+    return value.asnumpy()

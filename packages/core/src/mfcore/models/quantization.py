@@ -63,9 +63,12 @@ class QuantizationConfig:
 def quantize_rtn_int8(weight) -> Tuple[Any, Any]:
     """(N, K) float weights -> int8 (N, K) and float32 scales (N,) with weight ~= q * scale[:, None].
 
-    scale = max |w| of the row / 127 (rows of zeros get scale 1), q = round(w / scale). Done in chunks of
-    rows so the float32 temporary stays small whatever the weight's size."""
+    `weight` is float16/32/64, or bfloat16 as its uint16 bits (how safetensors' BF16 is read). scale = max
+    |w| of the row / 127 (rows of zeros get scale 1), q = round(w / scale). Done in chunks of rows, widened
+    to float32 chunk by chunk, so the temporary stays small whatever the weight's size."""
     import numpy as np  # here: the config side of this module is imported by `import mfcore`
+
+    from .safetensors_reader import bf16_to_f32
 
     if weight.ndim != 2:
         raise ConfigError("quantization_config", f"int8 weights must be 2-D (out, in), got shape {weight.shape}")
@@ -73,7 +76,8 @@ def quantize_rtn_int8(weight) -> Tuple[Any, Any]:
     quantized = np.empty(weight.shape, dtype=np.int8)
     scales = np.empty(rows, dtype=np.float32)
     for start in range(0, rows, ROWS_PER_CHUNK):
-        block = np.asarray(weight[start:start + ROWS_PER_CHUNK], dtype=np.float32)
+        block = weight[start:start + ROWS_PER_CHUNK]
+        block = bf16_to_f32(block) if block.dtype == np.uint16 else np.asarray(block, dtype=np.float32)
         absmax = np.abs(block).max(axis=1)
         scale = np.where(absmax > 0, absmax / 127.0, 1.0).astype(np.float32)
         quantized[start:start + ROWS_PER_CHUNK] = np.clip(np.rint(block / scale[:, None]), -127, 127)
