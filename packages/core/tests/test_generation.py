@@ -207,7 +207,7 @@ def test_one_bucket_compiles_two_graphs_once(monkeypatch):
     monkeypatch.setattr(executor, "compile", compile)
     toy = ToyCounterLM(ToyConfig(vocab_size=VOCAB))
     for length, new in ((3, 5), (9, 7), (14, 2)):
-        prompt = [list(range(1, length + 1))]
+        prompt = [[1 + i % (VOCAB - 1) for i in range(length)]]  # ids inside the vocabulary
         got = toy.generate(prompt, max_new_tokens=new, eos_token_id=None)
         np.testing.assert_array_equal(got, expected_generation(prompt, VOCAB, new))
     # One prompt call per generate, then greedy decode calls of TOKENS_PER_CALL tokens each.
@@ -253,3 +253,24 @@ def test_tokens_per_call_and_host_choice_agree(toy, tokens_per_call):
     np.testing.assert_array_equal(got, expected)
     host = toy.generate(prompts, max_new_tokens=10, eos_token_id=eos, pad_token_id=0, repetition_penalty=1.0001)
     np.testing.assert_array_equal(host, expected)
+
+
+def test_generation_config_refuses_what_every_comparison_lets_through():
+    """NaN passes `<= 0` and `True` is an int: each is refused by name (issue 16)."""
+    for kwargs, field in ((dict(temperature=float("nan")), "temperature"), (dict(temperature=float("inf")), "temperature"),
+                          (dict(top_p=float("nan")), "top_p"), (dict(max_new_tokens=True), "max_new_tokens"),
+                          (dict(max_new_tokens=3.0), "max_new_tokens"), (dict(max_length=-2), "max_length"),
+                          (dict(top_k=True), "top_k"), (dict(seed="x"), "seed"), (dict(do_sample="no"), "do_sample"),
+                          (dict(eos_token_id=[2, "x"]), "eos_token_id")):
+        with pytest.raises(ConfigError, match=field):
+            GenerationConfig().update(**kwargs)
+    # max_length alone is the total length; with max_new_tokens too, max_new_tokens counts (transformers).
+    assert GenerationConfig().update(max_length=12).max_new_tokens is None
+    assert GenerationConfig().update(max_length=12, max_new_tokens=3).max_new_tokens == 3
+
+
+def test_out_of_vocabulary_ids_are_refused_before_the_graph(toy):
+    with pytest.raises(ConfigError, match=f"token id {VOCAB} \\(row 0, position 1\\).*\\[0, {VOCAB}\\)"):
+        toy.generate([[1, VOCAB, 2]], max_new_tokens=2)
+    np.testing.assert_array_equal(toy.generate([[1, 2]], max_length=6, eos_token_id=None),
+                                  expected_generation([[1, 2]], VOCAB, 4))

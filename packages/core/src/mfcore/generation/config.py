@@ -3,10 +3,14 @@ from __future__ import annotations
 
 import copy
 import json
+import math
+import numbers
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
+
+import numpy as np
 
 GENERATION_CONFIG_NAME = "generation_config.json"
 
@@ -29,6 +33,9 @@ class GenerationConfig:
     use_cache: bool = True  # read from transformers' files; mfcore always decodes with its KV cache
     # Stop a row once the text it generated contains one of these (needs generate(..., tokenizer=)).
     stop_strings: Optional[List[str]] = None
+    # Prompt tokens per call for models that support chunked prefill (None: mfcore's default, 0: the whole
+    # prompt in one call); rounded down to a power of two.
+    prefill_chunk_size: Optional[int] = None
     # keys of a loaded file that we do not use, kept so that saving does not drop them
     extra: Dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -38,16 +45,37 @@ class GenerationConfig:
     def validate(self) -> None:
         from mfcore.errors import ConfigError
 
-        if self.max_new_tokens is not None and (not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 0):
-            raise ConfigError("max_new_tokens", f"must be a non-negative integer, got {self.max_new_tokens!r}")
-        if self.temperature is None or self.temperature <= 0:
-            raise ConfigError("temperature", f"must be > 0, got {self.temperature!r} (use do_sample=False for greedy)")
-        if self.top_k is not None and (not isinstance(self.top_k, int) or self.top_k < 0):
+        def integer(value) -> bool:  # True and 5.0 are not token counts
+            return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+        def real(value) -> bool:  # a finite number (NaN and inf pass every < / > test unnoticed)
+            return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+        for name in ("max_new_tokens", "max_length"):
+            value = getattr(self, name)
+            if value is not None and (not integer(value) or value < 0):
+                raise ConfigError(name, f"must be a non-negative integer, got {value!r}")
+        if not real(self.temperature) or self.temperature <= 0:
+            raise ConfigError("temperature", f"must be a finite number > 0, got {self.temperature!r} "
+                                             "(use do_sample=False for greedy)")
+        if self.top_k is not None and (not integer(self.top_k) or self.top_k < 0):
             raise ConfigError("top_k", f"must be a non-negative integer or None, got {self.top_k!r}")
-        if not 0 < self.top_p <= 1:
+        if not real(self.top_p) or not 0 < self.top_p <= 1:
             raise ConfigError("top_p", f"must be in (0, 1], got {self.top_p!r}")
-        if self.repetition_penalty is None or self.repetition_penalty <= 0:
-            raise ConfigError("repetition_penalty", f"must be > 0, got {self.repetition_penalty!r}")
+        if not real(self.repetition_penalty) or self.repetition_penalty <= 0:
+            raise ConfigError("repetition_penalty", f"must be a finite number > 0, got {self.repetition_penalty!r}")
+        if self.prefill_chunk_size is not None and (not integer(self.prefill_chunk_size) or self.prefill_chunk_size < 0):
+            raise ConfigError("prefill_chunk_size", f"must be a non-negative integer or None, "
+                                                    f"got {self.prefill_chunk_size!r}")
+        if not isinstance(self.do_sample, (bool, np.bool_)):
+            raise ConfigError("do_sample", f"must be true or false, got {self.do_sample!r}")
+        if self.seed is not None and not integer(self.seed):
+            raise ConfigError("seed", f"must be an integer, got {self.seed!r}")
+        for name in ("eos_token_id", "pad_token_id", "bos_token_id"):
+            value = getattr(self, name)
+            for item in (value if isinstance(value, (list, tuple)) else [value]):
+                if item is not None and not integer(item):
+                    raise ConfigError(name, f"must be an integer token id (or a list of them), got {value!r}")
 
     @classmethod
     def field_names(cls):
@@ -62,6 +90,8 @@ class GenerationConfig:
         new = copy.deepcopy(self)
         for key, value in kwargs.items():
             setattr(new, key, value)
+        if kwargs.get("max_length") is not None and "max_new_tokens" not in kwargs:
+            new.max_new_tokens = None  # generate(max_length=12): the total the caller asked for (transformers)
         new.validate()
         return new
 

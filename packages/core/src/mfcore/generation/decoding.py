@@ -31,9 +31,12 @@ import numpy as np
 
 from .config import GenerationConfig
 from .sampling import next_tokens
+from .validation import check_generation_inputs
 
 
 # -- prompts, buckets -------------------------------------------------------------------------------
+
+DEFAULT_PREFILL_CHUNK = 128  # prompt tokens per call; see prefill_chunk
 
 def bucket_length(n: int, minimum: int = 16) -> int:
     """Round a length up so that few distinct shapes compile: powers of two up to 512, then steps of 512."""
@@ -167,6 +170,24 @@ def _decode_function(model, use_jit: bool, tokens_per_call: int, sampling: Optio
     return functions[key]
 
 
+def prefill_chunk(model, config: GenerationConfig, padded_length: int) -> int:
+    """Tokens per prompt call: the whole (bucketed) prompt, or prefill_chunk_size (default
+    DEFAULT_PREFILL_CHUNK) for a model that supports chunked prefill. MindSpore's CPU runtime keeps every
+    intermediate buffer of a compiled graph for the process's life, so a 512-token prompt graph holds ~7 GB
+    at 8B; chunks bound that to one chunk's worth whatever the prompt length."""
+    size = config.prefill_chunk_size
+    if size is None:
+        size = DEFAULT_PREFILL_CHUNK if getattr(model, "supports_chunked_prefill", False) else 0
+    elif size and not getattr(model, "supports_chunked_prefill", False):
+        raise ValueError(f"prefill_chunk_size={size}: {type(model).__name__} does not support chunked prefill; "
+                         "leave it unset or 0")
+    if not size or padded_length <= size:
+        return padded_length
+    # Buckets are powers of two up to 512, then multiples of 512: a power-of-two chunk divides them.
+    size = 1 << (int(size).bit_length() - 1)
+    return size if padded_length % size == 0 else padded_length
+
+
 def _zeros(shape, dtype):
     """A zero cache tensor: from numpy for float32/16 (~20x cheaper than an op launch per cache tensor)."""
     import mindspore
@@ -220,6 +241,7 @@ def generate(model, input_ids, generation_config: Optional[GenerationConfig] = N
     else:
         mask = np.ones_like(ids)
     _check_left_padded(mask)
+    check_generation_inputs(model, ids, mask, config, pad)  # before any graph runs: a bad id breaks them
     stop_strings = [config.stop_strings] if isinstance(config.stop_strings, str) else config.stop_strings
     if stop_strings and tokenizer is None:
         raise ValueError("stop_strings need the tokenizer to read the generated text: pass tokenizer=")
@@ -271,10 +293,12 @@ def generate(model, input_ids, generation_config: Optional[GenerationConfig] = N
                     unfinished[row] = False
         return bool(unfinished.any()) and len(new_columns) < max_new
 
-    # The prompt: one call, logits read back once.
-    inputs = model.prepare_inputs_for_generation(run_ids, run_mask, cache_length, 0)
-    logits, *caches = step(*(Tensor(inputs[k]) for k in ("input_ids", "position_ids", "attention_bias",
-                                                          "cache_slot")), *caches)
+    # The prompt: one call, or chunks of prefill_chunk_size tokens through the cache; logits read back once.
+    chunk = prefill_chunk(model, config, padded_length)
+    for start in range(0, padded_length, chunk):
+        inputs = model.prepare_inputs_for_generation(run_ids[:, start:start + chunk], run_mask, cache_length, start)
+        logits, *caches = step(*(Tensor(inputs[k]) for k in ("input_ids", "position_ids", "attention_bias",
+                                                              "cache_slot")), *caches)
     past = padded_length
     going = accept(next_tokens(logits.asnumpy().astype(np.float32), out, config, rng))
     if going:
