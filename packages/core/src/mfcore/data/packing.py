@@ -38,15 +38,20 @@ class PackStats:
 
 
 class Packer:
-    """Concatenates (ids, trainable) segments and cuts full sequences of `seq_length` tokens."""
+    """Concatenates (ids, trainable) segments and cuts full sequences of `seq_length` tokens.
+
+    Linear in the tokens: pending tokens are numpy pieces joined once per `add`, and full sequences are
+    sliced off the joined array (deleting from the front of a list per sequence was quadratic: a 50 MB
+    document never finished). Memory: the pending tail (< seq_length) plus the document being added.
+    """
 
     def __init__(self, seq_length: int, stats: Optional[PackStats] = None):
-        if seq_length < 2:
-            raise ConfigError("--seq-length", f"must be at least 2, got {seq_length}")
+        if isinstance(seq_length, bool) or not isinstance(seq_length, int) or seq_length < 2:
+            raise ConfigError("--seq-length", f"must be an integer of at least 2, got {seq_length!r}")
         self.seq_length = seq_length
         self.stats = stats or PackStats()
-        self._ids: List[int] = []
-        self._labels: List[int] = []
+        self._ids = np.zeros(0, dtype=np.int32)     # the tail that did not fill a sequence yet
+        self._labels = np.zeros(0, dtype=np.int32)
 
     def add(self, segments: Sequence[Tuple[List[int], bool]]) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
         count = sum(len(ids) for ids, _ in segments)
@@ -55,23 +60,26 @@ class Packer:
             return
         self.stats.documents += 1
         self.stats.tokens += count
+        ids_pieces, label_pieces = [self._ids], [self._labels]
         for ids, trainable in segments:
-            self._ids.extend(ids)
-            self._labels.extend(ids if trainable else [IGNORE_INDEX] * len(ids))
+            piece = np.asarray(ids, dtype=np.int32)
+            ids_pieces.append(piece)
+            label_pieces.append(piece if trainable else np.full(len(piece), IGNORE_INDEX, dtype=np.int32))
             if trainable:
-                self.stats.trained_tokens += len(ids)
-        while len(self._ids) >= self.seq_length:
-            n = self.seq_length
-            ids_arr = np.asarray(self._ids[:n], dtype=np.int32)
-            labels_arr = np.asarray(self._labels[:n], dtype=np.int32)
-            del self._ids[:n], self._labels[:n]
+                self.stats.trained_tokens += len(piece)
+        ids_all, labels_all = np.concatenate(ids_pieces), np.concatenate(label_pieces)
+        n = self.seq_length
+        full = len(ids_all) // n * n
+        # The tail is copied out first so that the big joined arrays can be freed while sequences are used.
+        self._ids, self._labels = ids_all[full:].copy(), labels_all[full:].copy()
+        for start in range(0, full, n):
             self.stats.sequences += 1
-            yield ids_arr, labels_arr
+            yield ids_all[start:start + n].copy(), labels_all[start:start + n].copy()
 
     def finish(self) -> None:
         self.stats.dropped_tokens = len(self._ids)
-        self._ids.clear()
-        self._labels.clear()
+        self._ids = self._ids[:0]
+        self._labels = self._labels[:0]
 
 
 def expand_inputs(patterns: Sequence[str]) -> List[Path]:
