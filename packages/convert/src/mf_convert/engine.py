@@ -2,6 +2,10 @@
 transforms and dtype casts into a temporary directory that replaces DST only when complete.
 
 source tensor --to_native + to_native_transform--> native --from_native + from_native_transform--> target
+
+Native tensors are the separate projections (wq, wk, wv, w1, w3). A source that stores them fused
+(MindFormers' qkv_concat w_qkv / w_gate_hidden) is split on the way in; `qkv_concat=True` fuses them
+again on the way out (the weight map's `fusions` know the layout).
 """
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -38,6 +42,11 @@ class Item:
     shape: tuple
     source_dtype: str
     target_dtype: str
+    # Split: the source tensor is fused and this item is its part number `split_index` (source_shape:
+    # the fused tensor's). Fused: the target tensor is made from these part items, in order.
+    split_index: Optional[int] = None
+    source_shape: Optional[tuple] = None
+    parts: Tuple["Item", ...] = ()
 
     @property
     def nbytes(self) -> int:
@@ -67,7 +76,7 @@ class Conversion:
 
     def __init__(self, src, source_format: Optional[str] = None, target_format: str = "mindformers",
                  model_type: Optional[str] = None, dtype: Optional[str] = None, config=None,
-                 quantize: Optional[str] = None):
+                 quantize: Optional[str] = None, qkv_concat: Optional[bool] = None):
         self.src = Path(src)
         if source_format is not None and source_format not in detect.FORMATS:
             raise ConfigError("--from", f"unknown format {source_format!r}; use one of {', '.join(detect.FORMATS)}")
@@ -88,6 +97,8 @@ class Conversion:
         self.config = self._build_config(config_dict, from_user=config is not None)
         self.dtype = parse_dtype(dtype) if dtype else None
         self.quantization = quantization_for(quantize, target_format)
+        self.qkv_concat = qkv_concat
+        self._split_cache: Tuple[Optional[str], list] = (None, [])
         self.items = self._plan()
         self._by_native = {item.native_name: item for item in self.items}
         self._quantized = QuantizedTensors()
@@ -119,7 +130,9 @@ class Conversion:
     # -- plan --------------------------------------------------------------------------------------
     def _plan(self) -> List[Item]:
         source, fmt = self.source, self.source_format
+        fusions = self.source_map.fusions
         items: Dict[str, Item] = {}
+        source_fused = False
         for name in source.names():
             if self.source_map.ignore is not None and self.source_map.ignore(name):
                 continue
@@ -128,20 +141,76 @@ class Conversion:
                 raise CheckpointError(f"{source.where(name)}: tensor {name!r} is not a {self.model_type} parameter "
                                       f"that the {fmt!r} name map knows (unmapped name); is --from {fmt} / "
                                       f"--model-type {self.model_type} right?")
-            if native in items:
-                raise CheckpointError(f"{source.where(name)}: tensors {items[native].source_name!r} and {name!r} "
-                                      f"both map to {native!r}")
-            target = self.target_map.from_native(native)
-            if target is None:
-                raise CheckpointError(f"{source.where(name)}: tensor {name!r} ({native}) has no name in format "
-                                      f"{self.target_format!r}")
             dtype = source.dtype(name)
             target_dtype = self.dtype if (self.dtype and dtype in FLOATS) else dtype
-            items[native] = Item(name, native, target, source.shape(name), dtype, target_dtype)
+            parts = fusions.parts(native) if fusions is not None else None
+            if parts:  # a fused tensor: one native item per part, split when produced
+                source_fused = True
+                try:
+                    shapes = [a.shape for a in fusions.split(native, np.empty(source.shape(name), np.uint8),
+                                                             self.config)]
+                except ValueError:
+                    raise CheckpointError(f"{source.where(name)}: fused tensor {name!r} has shape "
+                                          f"{list(source.shape(name))}, which the config's heads / FFN width "
+                                          f"({self.config_file}) cannot split") from None
+                new = [Item(name, part, "", tuple(shape), dtype, target_dtype, index, tuple(source.shape(name)))
+                       for index, (part, shape) in enumerate(zip(parts, shapes))]
+            else:
+                new = [Item(name, native, "", tuple(source.shape(name)), dtype, target_dtype)]
+            for item in new:
+                if item.native_name in items:
+                    raise CheckpointError(f"{source.where(name)}: tensors {items[item.native_name].source_name!r} "
+                                          f"and {name!r} both hold {item.native_name!r}")
+                items[item.native_name] = item
         self._check_against_config(items)
+        fuse = self._target_fused(source_fused)
+        if hasattr(self.config, "qkv_concat"):  # the written config describes the written layout
+            self.config.qkv_concat = fuse
+        plan = self._fused(list(items.values())) if fuse else list(items.values())
+        for item in plan:
+            item.target_name = self.target_map.from_native(item.native_name)
+            if item.target_name is None:
+                raise CheckpointError(f"{source.where(item.source_name)}: tensor {item.source_name!r} "
+                                      f"({item.native_name}) has no name in format {self.target_format!r}")
         if self.quantization is not None:
-            return quantized_plan(list(items.values()), self.quantization)
-        return list(items.values())
+            return quantized_plan(plan, self.quantization)
+        return plan
+
+    def _target_fused(self, source_fused: bool) -> bool:
+        """Whether the output stores fused projections: --qkv-concat says, else the source's layout where
+        the target format has one (MindFormers), else separate."""
+        can_fuse = self.target_map.fusions is not None
+        if self.qkv_concat and not can_fuse:
+            raise ConfigError("--qkv-concat", f"format {self.target_format!r} has no fused q/k/v layout; "
+                                              f"only --to mindformers stores w_qkv / w_gate_hidden")
+        if self.qkv_concat is not None:
+            return bool(self.qkv_concat)
+        return source_fused and can_fuse
+
+    def _fused(self, items: List[Item]) -> List[Item]:
+        """The plan with each group of parts replaced by one fused item, where its first part stood."""
+        fusions = self.target_map.fusions
+        by_native = {item.native_name: item for item in items}
+        plan, done = [], set()
+        for item in items:
+            fused = fusions.fused_name(item.native_name)
+            if fused is None:
+                plan.append(item)
+                continue
+            if fused in done:
+                continue
+            done.add(fused)
+            parts = [by_native.get(name) for name in fusions.parts(fused)]
+            if any(part is None for part in parts):
+                absent = [name for name, part in zip(fusions.parts(fused), parts) if part is None]
+                raise CheckpointError(f"{self.src}: cannot fuse {fused!r}: {', '.join(absent)} missing")
+            if len({part.target_dtype for part in parts}) > 1:
+                raise CheckpointError(f"{self.src}: cannot fuse {fused!r}: its parts have different dtypes "
+                                      f"({', '.join(p.source_dtype for p in parts)}); pass --dtype")
+            shape = fusions.fuse(fused, [np.empty(p.shape, np.uint8) for p in parts], self.config).shape
+            plan.append(Item(parts[0].source_name, fused, "", tuple(shape), parts[0].source_dtype,
+                             parts[0].target_dtype, parts=tuple(parts)))
+        return plan
 
     def _check_against_config(self, items: Dict[str, Item]) -> None:
         shapes_of = self.source_map.native_shapes or self.target_map.native_shapes
@@ -174,15 +243,40 @@ class Conversion:
         return self._produce_float(item)
 
     def _produce_float(self, item: Item) -> np.ndarray:
-        array = self.source.read(item.source_name)
-        if tuple(array.shape) != tuple(item.shape):
-            raise CheckpointError(f"{self.source.where(item.source_name)}: tensor {item.source_name!r} read as "
-                                  f"{list(array.shape)}, header says {list(item.shape)}")
-        if self.source_map.to_native_transform is not None:
-            array = self.source_map.to_native_transform(item.native_name, array, self.config)
+        if item.parts:  # each part cast on its own (their source dtypes may differ), then fused
+            parts = [cast(self._native(part), part.source_dtype, item.target_dtype) for part in item.parts]
+            array = self.target_map.fusions.fuse(item.native_name, parts, self.config)
+        else:
+            array = cast(self._native(item), item.source_dtype, item.target_dtype)
         if self.target_map.from_native_transform is not None:
             array = self.target_map.from_native_transform(item.native_name, array, self.config)
-        return cast(array, item.source_dtype, item.target_dtype)
+        return array
+
+    def _native(self, item: Item) -> np.ndarray:
+        """The native tensor of a one-source item: read, transformed, and split out of a fused source."""
+        if item.split_index is not None:
+            name, parts = self._split_cache
+            if name != item.source_name:  # the parts of one fused tensor are planned together: split it once
+                self._split_cache = (None, [])
+                fused = self._read(item.source_name, item.source_shape)
+                fused_native = self.source_map.to_native(item.source_name)
+                if self.source_map.to_native_transform is not None:
+                    fused = self.source_map.to_native_transform(fused_native, fused, self.config)
+                parts = [np.ascontiguousarray(p) for p in
+                         self.source_map.fusions.split(fused_native, fused, self.config)]
+                self._split_cache = (item.source_name, parts)
+            return parts[item.split_index]
+        array = self._read(item.source_name, item.shape)
+        if self.source_map.to_native_transform is not None:
+            array = self.source_map.to_native_transform(item.native_name, array, self.config)
+        return array
+
+    def _read(self, name: str, shape) -> np.ndarray:
+        array = self.source.read(name)
+        if tuple(array.shape) != tuple(shape):
+            raise CheckpointError(f"{self.source.where(name)}: tensor {name!r} read as {list(array.shape)}, "
+                                  f"header says {list(shape)}")
+        return array
 
     @property
     def total_bytes(self) -> int:
@@ -258,15 +352,19 @@ def _same_bytes(a: np.ndarray, b: np.ndarray, chunk: int = 1 << 23) -> bool:
 def convert(src, dst, source_format: Optional[str] = None, target_format: str = "mindformers",
             model_type: Optional[str] = None, dtype: Optional[str] = None, shard_size="5GB", verify: bool = False,
             config=None, ms_format: str = "safetensors", overwrite: bool = False, progress: bool = False,
-            copy_tokenizer: bool = True, quantize: Optional[str] = None) -> ConvertResult:
-    """Convert the checkpoint at `src` into directory `dst` (written atomically: complete or not at all)."""
+            copy_tokenizer: bool = True, quantize: Optional[str] = None,
+            qkv_concat: Optional[bool] = None) -> ConvertResult:
+    """Convert the checkpoint at `src` into directory `dst` (written atomically: complete or not at all).
+
+    qkv_concat: True writes MindFormers' fused w_qkv / w_gate_hidden (--to mindformers only), False the
+    separate projections; None keeps the source's layout where the target format has both."""
     start = time.perf_counter()
     src, dst = Path(src), Path(dst)
     source_dir = detect.weight_directory(src).resolve()
     if source_dir == dst.resolve() or dst.resolve() in source_dir.parents:
         raise ConfigError("DST", f"{dst} is or holds the source {src}; replacing it would destroy the source, "
                                  f"write the conversion somewhere else")
-    conversion = Conversion(src, source_format, target_format, model_type, dtype, config, quantize)
+    conversion = Conversion(src, source_format, target_format, model_type, dtype, config, quantize, qkv_concat)
     bar = _progress(conversion.total_bytes, f"{conversion.source_format} -> {target_format}", progress)
     on_tensor = (lambda name, n: bar.update(n)) if bar is not None else None
     tokenizer = detect.tokenizer_files(src)

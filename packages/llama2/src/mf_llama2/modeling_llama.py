@@ -218,8 +218,7 @@ class LlamaAttention(nn.Cell):
         std = config.initializer_range
         linear = dict(param_dtype=param_dtype, compute_dtype=compute_dtype, init_std=std, init_weights=init_weights)
         quantized = quantized_layers(config, "attention")
-        self.qkv_sizes = (config.hidden_size, kv_size, kv_size)
-        if config.qkv_concat:  # MindFormers' fused layout: one w_qkv = [wq; wk; wv] (rows), as its checkpoints
+        if config.qkv_concat:  # MindFormers' fused w_qkv, laid out as in its r1.5.0 checkpoints (qkv below)
             self.w_qkv = LlamaLinear(config.hidden_size, config.hidden_size + 2 * kv_size, config.qkv_has_bias,
                                      **linear, quantized=quantized("w_qkv"))
             self.wq = self.wk = self.wv = None
@@ -235,12 +234,18 @@ class LlamaAttention(nn.Cell):
         self.matmul_qk = ops.BatchMatMul(transpose_b=True)
 
     def qkv(self, x):
-        """The q, k and v projections of x (flat heads), from wq/wk/wv or the fused w_qkv."""
+        """The q, k and v projections of x (flat heads), from wq/wk/wv or the fused w_qkv. MindFormers r1.5.0
+        groups w_qkv's rows per key/value head: its n_rep query heads, its key head, its value head
+        (LLamaAttention reshapes to (n_kv_heads, (n_rep + 2) * head_dim); mf_llama2.weight_maps.LlamaFusions)."""
         if self.w_qkv is None:
             return self.wq(x), self.wk(x), self.wv(x)
         qkv = self.w_qkv(x)
-        q_size, kv_size, _ = self.qkv_sizes
-        return qkv[..., :q_size], qkv[..., q_size:q_size + kv_size], qkv[..., q_size + kv_size:]
+        lead, q_size = qkv.shape[:-1], self.n_rep * self.head_dim
+        groups = qkv.reshape(lead + (self.n_kv_heads, q_size + 2 * self.head_dim))
+        q = groups[..., :q_size].reshape(lead + (self.num_heads * self.head_dim,))
+        k = groups[..., q_size:q_size + self.head_dim].reshape(lead + (self.n_kv_heads * self.head_dim,))
+        v = groups[..., q_size + self.head_dim:].reshape(lead + (self.n_kv_heads * self.head_dim,))
+        return q, k, v
 
     def project(self, x, cos, sin, rotate):
         """q, k, v as (B, S, heads, D), rotary embeddings applied to q and k."""
@@ -354,7 +359,7 @@ class LlamaFeedForward(nn.Cell):
                       init_weights=init_weights)
         quantized = quantized_layers(config, "feed_forward")
         self.intermediate_size = config.intermediate_size
-        if config.qkv_concat:  # MindFormers' fused layout: one w_gate_hidden = [w1; w3] (rows)
+        if config.qkv_concat:  # MindFormers' fused w_gate_hidden: w1 and w3 rows alternate (r1.5.0)
             self.w_gate_hidden = LlamaLinear(config.hidden_size, 2 * config.intermediate_size, **linear,
                                              quantized=quantized("w_gate_hidden"))
             self.w1 = self.w3 = None
@@ -370,7 +375,8 @@ class LlamaFeedForward(nn.Cell):
     def construct(self, x):
         if self.w_gate_hidden is not None:
             gate_up = self.w_gate_hidden(x)
-            gate, up = gate_up[..., :self.intermediate_size], gate_up[..., self.intermediate_size:]
+            pairs = gate_up.reshape(gate_up.shape[:-1] + (self.intermediate_size, 2))
+            gate, up = pairs[..., 0], pairs[..., 1]
             return self.w2(mint.nn.functional.silu(gate) * up)
         # w1.gemv / w3.gemv are None where a layer must not be fused (e.g. wrapped by LoRA: its weight
         # alone is not the layer).
@@ -505,7 +511,9 @@ class LlamaForCausalLM(PreTrainedModel):
             layout = "fused w_qkv / w_gate_hidden" if fused else "separate wq/wk/wv, w1/w3"
             raise CheckpointError(
                 f"{files[0]}: the checkpoint holds {layout} weights but model_config.qkv_concat is {want}; set "
-                f"qkv_concat: {not want} to load it as it is (`mfcore convert` does not fuse or split q/k/v yet)")
+                f"qkv_concat: {not want} to load it as it is, or rewrite it in the other layout: `mfcore convert "
+                f"{files[0].parent if isinstance(path, (list, tuple)) else path} NEW_DIR --qkv-concat "
+                f"{str(want).lower()}`")
         super().load_checkpoint(files, strict)
 
     def logits(self, hidden):

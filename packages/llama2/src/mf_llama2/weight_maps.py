@@ -31,6 +31,10 @@ _NAMES = [
     ("model.layers.{n}.feed_forward.w3.weight", "model.layers.{n}.mlp.up_proj.weight", "layers.{n}.feed_forward.w3.weight"),
     ("model.layers.{n}.attention_norm.weight", "model.layers.{n}.input_layernorm.weight", "layers.{n}.attention_norm.weight"),
     ("model.layers.{n}.ffn_norm.weight", "model.layers.{n}.post_attention_layernorm.weight", "layers.{n}.ffn_norm.weight"),
+    # MindFormers' fused projections (qkv_concat: True); the other formats hold only their parts.
+    ("model.layers.{n}.attention.w_qkv.weight", None, None),
+    ("model.layers.{n}.attention.w_qkv.bias", None, None),
+    ("model.layers.{n}.feed_forward.w_gate_hidden.weight", None, None),
 ]
 _NATIVE, _HF, _META = 0, 1, 2
 TIED = {"lm_head.weight": "model.tok_embeddings.embedding_weight"}
@@ -92,6 +96,74 @@ def native_shapes(config) -> Dict[str, Tuple[int, ...]]:
             shapes.update({prefix + "attention.wq.bias": (q_out,), prefix + "attention.wk.bias": (kv_out,),
                            prefix + "attention.wv.bias": (kv_out,)})
     return shapes
+
+
+# -- MindFormers' fused projections (qkv_concat) ------------------------------------------------------
+_FUSED = {"attention.w_qkv.weight": ("attention.wq.weight", "attention.wk.weight", "attention.wv.weight"),
+          "attention.w_qkv.bias": ("attention.wq.bias", "attention.wk.bias", "attention.wv.bias"),
+          "feed_forward.w_gate_hidden.weight": ("feed_forward.w1.weight", "feed_forward.w3.weight")}
+_LAYER = re.compile(r"(model\.layers\.\d+\.)(.+)")
+
+
+class LlamaFusions:
+    """MindFormers r1.5.0's fused layouts (qkv_concat: True), between native names.
+
+    w_qkv rows come per key/value head g: the n_rep query heads that share it, then its key head, then
+    its value head. LLamaAttention reshapes the projection to (n_kv_heads, (n_rep + 2) * head_dim) and
+    splits it so; its convert_weight.py builds it with qkv_concat_hf2mg. The bias follows the rows.
+    w_gate_hidden rows alternate w1 and w3 row by row (LlamaFeedForward reshapes to (hidden_dim, 2)).
+    (MindFormers up to r1.3 stacked [wq; wk; wv] and [w1; w3] plainly: not this layout.)
+    split and fuse only move elements, so bfloat16 bits pass unchanged and round trips are exact.
+    """
+
+    @staticmethod
+    def parts(fused: str) -> Optional[Tuple[str, ...]]:
+        match = _LAYER.fullmatch(fused)
+        if not match or match.group(2) not in _FUSED:
+            return None
+        return tuple(match.group(1) + part for part in _FUSED[match.group(2)])
+
+    @staticmethod
+    def fused_name(part: str) -> Optional[str]:
+        match = _LAYER.fullmatch(part)
+        for fused, parts in _FUSED.items():
+            if match and match.group(2) in parts:
+                return match.group(1) + fused
+        return None
+
+    @staticmethod
+    def _groups(config) -> Tuple[int, int]:
+        """(n_kv_heads, head_dim)."""
+        return config.n_kv_heads, config.hidden_size // config.num_heads
+
+    def split(self, fused: str, array, config):
+        rows = array.shape[0]
+        tail = array.shape[1:]
+        if "w_gate_hidden" in fused:
+            pairs = array.reshape((rows // 2, 2) + tail)
+            return [pairs[:, 0], pairs[:, 1]]
+        kv_heads, head_dim = self._groups(config)
+        rep = config.num_heads // kv_heads
+        groups = array.reshape((kv_heads, (rep + 2) * head_dim) + tail)
+        q = groups[:, :rep * head_dim].reshape((rep * head_dim * kv_heads,) + tail)
+        k = groups[:, rep * head_dim:(rep + 1) * head_dim].reshape((kv_heads * head_dim,) + tail)
+        v = groups[:, (rep + 1) * head_dim:].reshape((kv_heads * head_dim,) + tail)
+        return [q, k, v]
+
+    def fuse(self, fused: str, arrays, config):
+        import numpy as np
+
+        if "w_gate_hidden" in fused:
+            w1, w3 = arrays
+            return np.stack([w1, w3], axis=1).reshape((2 * w1.shape[0],) + w1.shape[1:])
+        q, k, v = arrays
+        kv_heads, head_dim = self._groups(config)
+        tail = q.shape[1:]
+        groups = [a.reshape((kv_heads, -1) + tail) for a in (q, k, v)]
+        return np.concatenate(groups, axis=1).reshape((q.shape[0] + k.shape[0] + v.shape[0],) + tail)
+
+
+FUSIONS = LlamaFusions()
 
 
 # -- Meta's rotary layout -------------------------------------------------------------------------------
@@ -229,4 +301,5 @@ META_WEIGHT_MAP = WeightMap(
 # MindFormers' Llama names are the native ones.
 MINDFORMERS_WEIGHT_MAP = WeightMap(
     model_type="llama", source="mindformers", to_native=mindformers_name, from_native=mindformers_name,
-    native_shapes=native_shapes, tied=TIED, description="MindFormers LlamaForCausalLM names (native)")
+    native_shapes=native_shapes, tied=TIED, fusions=FUSIONS,
+    description="MindFormers LlamaForCausalLM names (native); fused w_qkv / w_gate_hidden with qkv_concat")

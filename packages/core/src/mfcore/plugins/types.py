@@ -71,3 +71,8 @@ class WeightMap:
     # a tensor is split, given (foreign name, one shard's shape, the format's own config dict such as
     # params.json); None means every shard holds the whole tensor (replicated).
     split_dim: Optional[Callable[[str, Tuple[int, ...], Any], Optional[int]]] = None
+    # Native parameters the format may store fused into one tensor (MindFormers' qkv_concat: w_qkv holds
+    # wq, wk, wv). An object with parts(fused name) -> part names or None, fused_name(part) -> fused name
+    # or None, split(fused name, array, config) -> part arrays and fuse(fused name, arrays, config) ->
+    # array, exact inverses. The converter splits fused source tensors and fuses on request.
+    fusions: Optional[Any] = None
