@@ -78,5 +78,46 @@ def register_configs(register):
     lines = apply_auto_register({"model": {"model_config": {"auto_register": "good_research.GoodConfig"}}})
     # the original import error and the substitute are both shown
     assert lines == ["model.model_config.auto_register: good_research.GoodConfig not importable "
-                     "(ModuleNotFoundError: No module named 'good_research'); using GoodConfig from plugin "
+                     "(ModuleNotFoundError: no module 'good_research' (no --register_path given)); using GoodConfig from plugin "
                      "'good' instead (mf_good_plugin2:GoodConfig)"]
+
+
+MARKER = """
+import os
+open(os.environ["MARKER_FILE"], "w").write("imported")
+class Evil:
+    pass
+"""
+
+
+@pytest.mark.parametrize("where", ["installed", "working directory", "outside register_path"])
+def test_modules_outside_register_path_are_never_imported(tmp_path, monkeypatch, where):
+    """A YAML cannot make mfcore run an installed module or a stray .py of the working directory (issue 16)."""
+    monkeypatch.setenv("MARKER_FILE", str(tmp_path / "marker"))
+    site, register = tmp_path / "site", tmp_path / "register"
+    site.mkdir(), register.mkdir()
+    (site / "evil_module.py").write_text(MARKER)
+    if where == "working directory":
+        monkeypatch.chdir(site)
+        monkeypatch.syspath_prepend("")
+    else:
+        monkeypatch.syspath_prepend(str(site))  # importable, as an installed module is
+    register_path = str(register) if where == "outside register_path" else None
+    try:
+        with pytest.raises(PluginError, match="cannot import 'evil_module.Evil'.*evil_module"):
+            apply_auto_register({"model": {"auto_register": "evil_module.Evil"}}, register_path=register_path)
+    finally:
+        sys.modules.pop("evil_module", None)
+        if register_path:
+            sys.path.remove(str(register))
+    assert not (tmp_path / "marker").exists()
+
+
+def test_a_failing_register_path_module_is_named(tmp_path):
+    (tmp_path / "broken_research.py").write_text("raise RuntimeError('boom')\n")
+    try:
+        with pytest.raises(PluginError, match="importing 'broken_research' from --register_path .* RuntimeError: boom"):
+            apply_auto_register({"model": {"auto_register": "broken_research.X"}}, register_path=str(tmp_path))
+    finally:
+        sys.modules.pop("broken_research", None)
+        sys.path.remove(str(tmp_path))

@@ -3,6 +3,11 @@
 The named class is imported (with DIR first on sys.path) and registered for this run only, by what it
 subclasses: a config under its model_type, a model under its config's model_type, a tokenizer under
 its class name. Entry points remain the normal way to publish a plugin.
+
+Only DIR is searched: a YAML cannot make mfcore import an installed module, or a .py that happens to be
+in the working directory, that the user never pointed at. When the module is not in DIR (or no DIR was
+given) but an installed plugin provides a class of that name (MindFormers research YAMLs name
+`llama3_1_tokenizer.Llama3Tokenizer`), the plugin's class is used and the reason printed.
 """
 from __future__ import annotations
 
@@ -71,16 +76,51 @@ def _subclass_of(cls, module_name: str, class_name: str) -> bool:
     return isinstance(cls, type) and issubclass(cls, base)
 
 
+def _import_from(directory: Optional[Path], module_name: str):
+    """The module `module_name` if its top-level package or file is inside `directory`, else None."""
+    from importlib.machinery import PathFinder
+
+    if directory is None:
+        return None
+    top = module_name.split(".")[0]
+    already = sys.modules.get(top)
+    if PathFinder.find_spec(top, [str(directory)]) is None:
+        return None
+    if already is not None and not _inside(getattr(already, "__file__", None), directory):
+        raise PluginError(f"auto_register: module {top!r} is already imported from {already.__file__}, not from "
+                          f"--register_path {directory}; rename the file in {directory}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        raise
+    except Exception as exc:  # the user's file itself fails: name it, no traceback from inside it
+        raise PluginError(f"auto_register: importing {module_name!r} from --register_path {directory} failed: "
+                          f"{type(exc).__name__}: {exc}") from exc
+    if not _inside(getattr(module, "__file__", None), directory):
+        raise PluginError(f"auto_register: {module_name!r} resolved to {module.__file__}, outside --register_path "
+                          f"{directory}")
+    return module
+
+
+def _inside(file: Optional[str], directory: Path) -> bool:
+    return file is not None and Path(file).resolve().is_relative_to(directory)
+
+
 def apply_auto_register(task: dict, register_path: Optional[str] = None,
                         plugins: Optional[Plugins] = None) -> List[str]:
     """Import and register every `auto_register` class of a task; returns 'key: Class -> kind' lines."""
     add_register_path(register_path)
+    directory = Path(register_path).resolve() if register_path else None
     plugins = plugins or get_plugins()
     done = []
     for key_path, target in find_auto_register(task):
         module_name, _, class_name = target.rpartition(".")
         try:
-            cls = getattr(importlib.import_module(module_name), class_name)
+            module = _import_from(directory, module_name)
+            if module is None:
+                where = f"in --register_path {directory}" if directory else "(no --register_path given)"
+                raise ModuleNotFoundError(f"no module {module_name!r} {where}")
+            cls = getattr(module, class_name)
         except (ImportError, AttributeError) as exc:
             provider = _installed_provider(plugins, class_name)
             if provider:
@@ -89,7 +129,8 @@ def apply_auto_register(task: dict, register_path: Optional[str] = None,
                 done.append(f"{key_path}: {target} not importable ({type(exc).__name__}: {exc}); using "
                             f"{class_name} from plugin {provider!r} instead ({_class_path(plugins, class_name)})")
                 continue
-            hint = "" if register_path else " (did you forget --register_path DIR?)"
+            hint = "" if register_path else ("; mfcore imports auto_register modules only from the directory "
+                                             "given with --register_path DIR")
             raise PluginError(f"{key_path}: cannot import {target!r}: {exc}{hint}") from exc
         kind = register_class(plugins, cls, key_path)
         done.append(f"{key_path}: {target} -> {kind}")
