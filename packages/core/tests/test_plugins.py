@@ -6,6 +6,7 @@ import sys
 import pytest
 
 import mfcore
+import mfcore.cli
 from mfcore.errors import DuplicateNameError, UnknownNameError
 from mfcore.plugins.hookspecs import hookspec
 from mfcore.plugins import hookspecs
@@ -77,16 +78,43 @@ def test_plugin_calling_sys_exit_does_not_stop_discovery(make_distribution):
     assert plugins.info["good"].ok
 
 
-def test_duplicate_name_is_an_error_naming_both_plugins(make_distribution):
+def test_a_duplicate_name_keeps_the_first_registration_and_is_reported(make_distribution, capsys):
+    """A second plugin registering 'good' / 'good-small' cannot take them over or disable them (issue 16)."""
     make_distribution("mf-good", "1.0", {"good": "mf_good_plugin"}, {"mf_good_plugin": GOOD_PLUGIN})
     make_distribution("mf-twin", "1.0", {"twin": "mf_twin_plugin"},
                       {"mf_twin_plugin": GOOD_PLUGIN.replace("GoodConfig", "TwinConfig")})
     plugins = mfcore.get_plugins()
     errors = plugins.info["twin"].errors
-    assert any("'good'" in e and "'twin'" in e for e in errors)
-    with pytest.raises(DuplicateNameError) as excinfo:
-        mfcore.AutoConfig.from_pretrained("good-small")
-    assert "'good'" in str(excinfo.value) and "'twin'" in str(excinfo.value)
+    assert any("'good'" in e and "'twin'" in e and "ignored" in e for e in errors)
+    assert type(mfcore.AutoConfig.from_pretrained("good-small")).__name__ == "GoodConfig"  # the first one
+    assert "plugin(s) 'twin' also registered it and were ignored" in capsys.readouterr().err
+    assert mfcore.cli.main(["models"]) == 0
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("good-small"))
+    assert "good" in line and "[also registered by twin: ignored]" in line
+    mfcore.cli.main(["plugins"])
+    assert "preset 'good-small' is already registered by plugin 'good'" in capsys.readouterr().out
+
+
+def test_first_party_names_win_over_a_plugin_sorted_before_them(make_distribution, capsys):
+    """An intruder named 'aaa' loads before 'llama2' alphabetically; the first-party plugins load first."""
+    make_distribution("mf-aaa", "1.0", {"aaa": "mf_aaa_plugin"}, {"mf_aaa_plugin": """
+from mfcore import PretrainedConfig, Preset, hookimpl
+class IntruderConfig(PretrainedConfig):
+    model_type = "llama"
+@hookimpl
+def register_configs(register):
+    register("llama", IntruderConfig)
+@hookimpl
+def register_presets(register):
+    register(Preset(name="llama2-tiny", model_type="llama", config={}))
+"""})
+    plugins = mfcore.get_plugins()
+    if "llama2" not in plugins.info:
+        pytest.skip("mf-llama2 is not installed")
+    assert plugins.presets.entry("llama2-tiny").plugin == "llama2"
+    assert plugins.configs.entry("llama").plugin == "llama2"
+    assert plugins.converters.names()  # convert still has its weight maps
+    assert "'aaa'" in capsys.readouterr().err
 
 
 def test_mfcore_plugins_env_restricts_loading(make_distribution, monkeypatch):

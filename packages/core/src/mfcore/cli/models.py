@@ -20,7 +20,8 @@ def cmd_models(args) -> int:
         if entry.name != preset.name:
             continue  # an alias; shown next to its preset
         rows.append({"name": preset.name, "model_type": preset.model_type, "plugin": entry.plugin,
-                     "aliases": list(preset.aliases), "description": preset.description})
+                     "aliases": list(preset.aliases), "description": preset.description,
+                     "ignored_duplicates": plugins.presets.ignored(preset.name)})
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -31,5 +32,7 @@ def cmd_models(args) -> int:
     type_width = max(len(r["model_type"]) for r in rows)
     for r in rows:
         aliases = f"  (aliases: {', '.join(r['aliases'])})" if r["aliases"] else ""
-        print(f"{r['name']:<{width}}  {r['model_type']:<{type_width}}  {r['plugin']}{aliases}")
+        ignored = r["ignored_duplicates"]
+        also = f"  [also registered by {', '.join(ignored)}: ignored]" if ignored else ""
+        print(f"{r['name']:<{width}}  {r['model_type']:<{type_width}}  {r['plugin']}{aliases}{also}")
     return 0

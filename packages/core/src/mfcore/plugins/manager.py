@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import os
+import sys
 import threading
 import traceback
 from dataclasses import dataclass, field
@@ -89,16 +90,23 @@ class Registry:
     def __init__(self, kind: str):
         self.kind = kind
         self._entries: Dict[str, Entry] = {}
-        self._conflicts: Dict[str, List[str]] = {}
+        self._conflicts: Dict[str, List[str]] = {}  # name -> plugins whose duplicate was refused
+        self._warned: set = set()
 
     def add(self, name: str, value: Any, plugin: str) -> None:
+        """Register `name`; a name another plugin registered first stays theirs (a plugin cannot take
+        over `llama` or `llama2-tiny`): the duplicate is refused, kept for reporting, and raises."""
         existing = self._entries.get(name)
         if existing is not None and existing.plugin != plugin:
-            self._conflicts.setdefault(name, [existing.plugin]).append(plugin)
+            self._conflicts.setdefault(name, []).append(plugin)
             raise DuplicateNameError(
-                f"{self.kind[:-1]} {name!r} is registered by both plugin {existing.plugin!r} and plugin "
-                f"{plugin!r}; uninstall one of them or restrict loading with MFCORE_PLUGINS")
+                f"{self.kind[:-1]} {name!r} is already registered by plugin {existing.plugin!r}; plugin "
+                f"{plugin!r}'s {name!r} is ignored (uninstall one of them or restrict loading with MFCORE_PLUGINS)")
         self._entries[name] = Entry(name, value, plugin)
+
+    def ignored(self, name: str) -> List[str]:
+        """Plugins whose registration of `name` was refused because another plugin had it first."""
+        return list(self._conflicts.get(name, []))
 
     def remove_plugin(self, plugin: str) -> None:
         for name in [n for n, e in self._entries.items() if e.plugin == plugin]:
@@ -114,15 +122,16 @@ class Registry:
         return [self._entries[n] for n in self.names()]
 
     def entry(self, name: str) -> Entry:
-        if name in self._conflicts:
-            raise DuplicateNameError(
-                f"{self.kind[:-1]} {name!r} is registered by plugins "
-                f"{', '.join(repr(p) for p in self._conflicts[name])}; uninstall all but one or set "
-                f"MFCORE_PLUGINS")
         try:
-            return self._entries[name]
+            entry = self._entries[name]
         except KeyError:
             raise UnknownNameError(unknown_name_message(self.kind[:-1], name, self.names())) from None
+        if name in self._conflicts and name not in self._warned:  # every command using the name says so
+            self._warned.add(name)
+            print(f"warning: {self.kind[:-1]} {name!r} comes from plugin {entry.plugin!r}; plugin(s) "
+                  f"{', '.join(repr(p) for p in self._conflicts[name])} also registered it and were ignored",
+                  file=sys.stderr)
+        return entry
 
     def get(self, name: str):
         """The registered object for `name` (imported on first use)."""
@@ -297,7 +306,14 @@ def load_plugins() -> Plugins:
 
     plugins.add_plugin(builtin, BUILTIN_PLUGIN, "mfcore", _version("mfcore"))
     allowed = allowed_plugin_names()
-    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+    # First-party plugins load first: the first registration of a name wins, so theirs stay theirs.
+    first_party = set(KNOWN_DISTRIBUTIONS.values())
+
+    def order(ep):
+        dist = getattr(ep, "dist", None)
+        return (dist is None or dist.metadata["Name"] not in first_party, ep.name)
+
+    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=order):
         if allowed is not None and ep.name not in allowed:
             continue
         dist = getattr(ep, "dist", None)
