@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Dict, Iterable, List, Sequence, Tuple
 
 import numpy as np
 
 from mfcore.errors import ConfigError
+from mfcore.utils.atomic import temporary_directory
 
 COLUMNS = ("input_ids", "labels")
 PAGE_SIZE = 1 << 20
@@ -30,8 +30,7 @@ def write_mindrecord(output: os.PathLike, sequences: Iterable[Tuple[np.ndarray, 
     from mindspore.mindrecord import FileWriter
 
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
+    tmp_dir = temporary_directory(output)  # a killed run's leftovers are removed by the next write
     count = 0
     try:
         writer = FileWriter(str(tmp_dir / output.name), shard_num=1, overwrite=True)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Optional
 
 from mfcore.utils.atomic import atomic_directory, atomic_write_text
+from mfcore.utils.locking import output_lock
 from mfcore.errors import CheckpointError, ConfigError, MfcoreError
 from mfcore.generation.streamers import TextStreamer
 from .spec import TaskSpec, read_task
@@ -38,7 +39,9 @@ def run(spec: TaskSpec) -> int:
 
     parallel = setup_parallel(spec.parallel)
     if spec.run_mode in ("train", "finetune"):
-        return run_train(spec, parallel)
+        # One training per output_dir (per rank): two would replace each other's checkpoints and metrics.
+        with output_lock(spec.output_dir, name=f"train.rank_{parallel.rank}"):
+            return run_train(spec, parallel)
     if spec.run_mode == "eval":
         return run_eval(spec)
     return run_predict(spec)
