@@ -302,11 +302,14 @@ class LlamaAttention(nn.Cell):
     def forward_with_cache(self, x, rope, bias, cache_slot, k_cache, v_cache, prefix=None):
         """rope = (rotation_q, rotation_k), each position's rotary matrix (B * S, D, D) (LlamaModel.rotation).
         A prompt x (B, S, hidden): attend within it and store it in cache slots 0..S-1 (after the prefix's
-        slots when there is a prefix). One token per row, x (B, hidden): write it at `cache_slot` and attend
-        over the whole cache (decode_one)."""
+        slots when there is a prefix). A later chunk of a prompt, cache_slot (1, 1, T, S) placing token i at
+        its slot: write the chunk there and attend over the whole cache (one graph for every chunk, so a long
+        prompt's intermediate buffers are a chunk's, not the prompt's). One token per row, x (B, hidden):
+        write it at `cache_slot` and attend over the whole cache (decode_one)."""
         if x.ndim == 2:
             return self.decode_one(x, rope[0], rope[1], bias, cache_slot, k_cache, v_cache)
         batch, length, _ = x.shape
+        chunk = length > 1 and cache_slot.shape[-1] == length
         q, k, v = self.qkv(x)
         # Rotary as one batched matmul per q and k (3 kernels fewer each than project's cos/sin form).
         q = self.rotate_rows(q.reshape(batch * length, self.num_heads, self.head_dim), rope[0])
@@ -315,14 +318,21 @@ class LlamaAttention(nn.Cell):
         q = q.reshape(batch, length, self.n_kv_heads, self.n_rep, self.head_dim).permute(0, 2, 3, 1, 4)
         k = k.reshape(batch, length, self.n_kv_heads, self.head_dim).permute(0, 2, 1, 3)
         v = v.permute(0, 2, 1, 3)
-        if prefix is not None:
-            prefix_k, prefix_v = self.prefix_heads(prefix, batch)
-            k, v = mint.cat((prefix_k, k), dim=2), mint.cat((prefix_v, v), dim=2)
-            length = length + prefix_k.shape[2]
-        out = self.attend(q, k, v, bias, scaled_q=True)
+        if chunk:  # place the chunk's keys and values at their slots (a one-hot matmul: exact), then attend
+            placement = _cast(cache_slot, k_cache.dtype)
+            written = mint.sum(cache_slot, -1, keepdim=True) > 0
+            k_cache = mint.where(written, mint.matmul(placement, _cast(k, k_cache.dtype)), k_cache)
+            v_cache = mint.where(written, mint.matmul(placement, _cast(v, v_cache.dtype)), v_cache)
+            out = self.attend(q, k_cache, v_cache, bias, scaled_q=True)
+        else:
+            if prefix is not None:
+                prefix_k, prefix_v = self.prefix_heads(prefix, batch)
+                k, v = mint.cat((prefix_k, k), dim=2), mint.cat((prefix_v, v), dim=2)
+                length = length + prefix_k.shape[2]
+            out = self.attend(q, k, v, bias, scaled_q=True)
+            k_cache = mint.cat((k, k_cache[:, :, length:]), dim=2)
+            v_cache = mint.cat((v, v_cache[:, :, length:]), dim=2)
         out = out.permute(0, 3, 1, 2, 4).reshape(batch, x.shape[1], self.num_heads * self.head_dim)
-        k_cache = mint.cat((k, k_cache[:, :, length:]), dim=2)
-        v_cache = mint.cat((v, v_cache[:, :, length:]), dim=2)
         return self.wo(out), k_cache, v_cache
 
     def rotate_rows(self, x, rotation):
@@ -443,6 +453,7 @@ class LlamaForCausalLM(PreTrainedModel):
     """Llama causal LM (MindFormers' LlamaForCausalLM inputs; Hugging Face's numbers)."""
 
     config_class = LlamaConfig
+    supports_chunked_prefill = True
 
     def __init__(self, config: LlamaConfig, init_weights: bool = True):
         super().__init__(config)
@@ -597,8 +608,9 @@ class LlamaForCausalLM(PreTrainedModel):
         prefixes = [None] * self.num_layers
         if self.prefix_encoder is not None:  # the prefix sits in the first cache slots, always visible
             bias = self.with_prefix_columns(bias)
-            cache_slot = mint.cat((ops.zeros((1, 1, self.prefix_length(), 1), cache_slot.dtype), cache_slot), dim=2)
-            if length > 1:
+            cache_slot = mint.cat((ops.zeros((1, 1, self.prefix_length(), cache_slot.shape[-1]), cache_slot.dtype),
+                                   cache_slot), dim=2)
+            if length > 1 and cache_slot.shape[-1] == 1:  # the first prompt call writes the prefix
                 prefixes = self.prefix_encoder(batch)
         new_caches = ()
         for i, layer in enumerate(self.model.layers):

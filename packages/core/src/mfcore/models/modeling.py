@@ -283,6 +283,10 @@ class PreTrainedModel(nn.Cell):
         """Run the tokens not yet cached; return (logits of the last position (B, V) float32, *new caches)."""
         raise NotImplementedError(f"{type(self).__name__} does not implement the KV-cache protocol")
 
+    # A model that takes a prompt in pieces (forward_with_cache with past_length > 0 and several tokens) sets
+    # this; generate then runs long prompts in chunks of GenerationConfig.prefill_chunk_size tokens.
+    supports_chunked_prefill = False
+
     def prepare_inputs_for_generation(self, input_ids: np.ndarray, attention_mask: np.ndarray,
                                       cache_length: int, past_length: int = 0) -> Dict[str, np.ndarray]:
         """The inputs of one forward_with_cache call, as numpy arrays, for a decoder-only model.
@@ -290,9 +294,14 @@ class PreTrainedModel(nn.Cell):
         `input_ids` (B, S) are the tokens not yet in the cache and `attention_mask` (B, past + S) marks
         the real (1) and padding (0) columns of everything seen so far, left-padded. Cache slot j holds
         column j. Returns input_ids, position_ids (rotary positions counted over real tokens only, as
-        transformers does), attention_bias (B, 1, S, S) for the first call (causal + padding) or
-        (B, 1, 1, cache_length) later (0 where a slot may be attended, -1e9 elsewhere), and cache_slot
-        (1, 1, cache_length, 1), True at the slot a single new token is written to.
+        transformers does), attention_bias and cache_slot, in one of three forms:
+        - the first call (past_length 0): bias (B, 1, S, S), causal + padding; cache_slot (1, 1, T, 1)
+          all False (the prompt fills slots 0..S-1);
+        - one token per row: bias (B, 1, 1, T), 0 where a slot may be attended and -1e9 elsewhere;
+          cache_slot (1, 1, T, 1), True at the slot the token is written to;
+        - a later chunk of a long prompt (S > 1 tokens after past_length, models with
+          supports_chunked_prefill): bias (B, 1, S, T), causal over the whole cache; cache_slot (1, 1, T, S)
+          float32, the one-hot placement of token i at slot past_length + i.
         """
         batch, length = input_ids.shape
         total = past_length + length
@@ -303,14 +312,21 @@ class PreTrainedModel(nn.Cell):
             causal = np.tril(np.ones((length, length), dtype=bool))
             allowed = causal[None] & (mask[:, None, :] != 0)
         else:
-            if length != 1:
-                raise ValueError("after the first step, generation feeds one token per row")
-            allowed = np.zeros((batch, 1, cache_length), dtype=bool)
-            allowed[:, 0, :total] = mask != 0
+            if length != 1 and not self.supports_chunked_prefill:
+                raise ValueError(f"{type(self).__name__} takes one token per row after the first step "
+                                 "(it does not support chunked prefill)")
+            visible = np.zeros((batch, cache_length), dtype=bool)
+            visible[:, :total] = mask != 0
+            causal = np.arange(cache_length)[None, :] <= (past_length + np.arange(length))[:, None]  # (S, T)
+            allowed = causal[None] & visible[:, None, :]
         bias = np.where(allowed, 0.0, -1e9).astype(np.float32)[:, None]
-        slot = np.zeros((1, 1, cache_length, 1), dtype=bool)
-        if past_length:
-            slot[0, 0, past_length, 0] = True
+        if past_length and length > 1:
+            slot = np.zeros((1, 1, cache_length, length), dtype=np.float32)
+            slot[0, 0, past_length + np.arange(length), np.arange(length)] = 1.0
+        else:
+            slot = np.zeros((1, 1, cache_length, 1), dtype=bool)
+            if past_length:
+                slot[0, 0, past_length, 0] = True
         return {"input_ids": np.asarray(input_ids, dtype=np.int32), "position_ids": positions,
                 "attention_bias": bias, "cache_slot": slot}
 
