@@ -28,6 +28,7 @@ CORE_LAYERS = [
     ("models", ["mfcore.models"]),
     ("data", ["mfcore.data"]),
     ("training", ["mfcore.training"]),
+    ("evaluation", ["mfcore.evaluation"]),
     ("tasks", ["mfcore.tasks"]),
     ("cli", ["mfcore.cli"]),
 ]

@@ -104,7 +104,8 @@ class AutoTokenizer:
 
     @staticmethod
     def tokenizer_class(name: str, use_fast: Optional[bool] = None):
-        if name == "PreTrainedTokenizerFast":  # Hugging Face directories of tokenizer.json-only models
+        # Hugging Face directories of tokenizer.json-only models (transformers 5 names the class TokenizersBackend)
+        if name in ("PreTrainedTokenizerFast", "TokenizersBackend"):
             from mfcore.tokenization.fast import PreTrainedTokenizerFast
 
             return PreTrainedTokenizerFast

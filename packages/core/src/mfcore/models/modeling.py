@@ -275,6 +275,20 @@ class PreTrainedModel(nn.Cell):
         """Greedy / sampled generation with an incremental KV cache; see mfcore.generation.generate."""
         return _generate(self, input_ids, generation_config=generation_config, **kwargs)
 
+    def loglikelihood(self, contexts, continuations, **kwargs):
+        """(sum of log-probs, is_greedy) of each continuation after its context; see
+        mfcore.generation.scoring.loglikelihood (token lists, or strings with tokenizer=)."""
+        from mfcore.generation.scoring import loglikelihood
+
+        return loglikelihood(self, contexts, continuations, **kwargs)
+
+    def loglikelihood_rolling(self, texts, **kwargs):
+        """Sum of log-probs of every token of each text, in windows of seq_length (stride= for overlap);
+        see mfcore.generation.scoring.loglikelihood_rolling."""
+        from mfcore.generation.scoring import loglikelihood_rolling
+
+        return loglikelihood_rolling(self, texts, **kwargs)
+
     def kv_cache_shapes(self, batch_size: int, cache_length: int) -> List[Tuple[Tuple[int, ...], object]]:
         """(shape, dtype) of every KV-cache tensor for one generate call; the order forward_with_cache takes."""
         raise NotImplementedError(f"{type(self).__name__} does not implement the KV-cache protocol")

@@ -1,0 +1,249 @@
+"""Scoring text with a causal LM: log-likelihoods of continuations, rolling log-likelihood of long texts,
+per-token log-probs of a prompt. What lm-evaluation-harness asks of a model (and what an OpenAI-style
+server needs for `echo` + `logprobs`), with lm-eval's semantics, so scores equal those of its `hf` backend.
+
+One compiled graph per (batch, length) bucket does the work: the model's full forward (`model(input_ids)`,
+logits (B, S, V)), then log_softmax, the log-prob of each next token and whether it is the argmax; only
+(B, S) numbers come back to the host, never the logits. Sequences are right-padded to a bucket length
+(`bucket_length`, as generate does) and batches to a power of two, so a whole evaluation compiles a handful
+of graphs. Right padding changes nothing for a causal model: a real token never sees the pad after it.
+
+Pure functions (no MindSpore): `rolling_windows` (lm-eval's get_rolling_token_windows + make_disjoint_window).
+"""
+from __future__ import annotations
+
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .decoding import bucket_length
+
+
+# -- windows (pure) ---------------------------------------------------------------------------------
+
+def rolling_windows(tokens: Sequence[int], prefix_token: int, max_seq_len: int,
+                    context_len: int = 1) -> List[Tuple[List[int], List[int]]]:
+    """(context, continuation) windows that score every token of `tokens` exactly once, lm-eval's rule.
+
+    lm_eval.utils.get_rolling_token_windows followed by make_disjoint_window. The model sees at most
+    max_seq_len tokens per window; the first window predicts up to max_seq_len tokens after `prefix_token`,
+    each later one predicts the next max_seq_len - context_len + 1 tokens with the tokens before them (up
+    to max_seq_len in all) as context. context_len=1 gives disjoint windows (lm-eval's
+    loglikelihood_rolling); a larger one is a sliding window with stride max_seq_len - context_len + 1 (the
+    "perplexity with a stride" of the transformers docs).
+    """
+    if not 1 <= context_len <= max_seq_len:
+        raise ValueError(f"context_len must be in [1, max_seq_len={max_seq_len}], got {context_len}")
+    tokens = [int(t) for t in tokens]
+    if not tokens:
+        return []
+    pred_len = max_seq_len - context_len + 1
+    windows = []
+    first = min(max_seq_len, len(tokens))
+    windows.append(([prefix_token] + tokens[:first - 1], tokens[:first]))
+    predicted = first
+    while predicted < len(tokens):
+        window_pred_len = min(len(tokens) - predicted, pred_len)
+        window_end = predicted + window_pred_len
+        inputs = tokens[window_end - max_seq_len - 1:window_end - 1]
+        windows.append((inputs, tokens[window_end - window_pred_len:window_end]))
+        predicted += window_pred_len
+    # make_disjoint_window: the context is what the input holds before the predicted tokens
+    return [(inputs[:len(inputs) - (len(target) - 1)], target) for inputs, target in windows]
+
+
+def stride_context_len(max_seq_len: int, stride: Optional[int]) -> int:
+    """rolling_windows' context_len for a stride (new tokens scored per window); None = disjoint windows."""
+    if stride is None:
+        return 1
+    if not 1 <= stride <= max_seq_len:
+        raise ValueError(f"stride must be in [1, max_length={max_seq_len}], got {stride}")
+    return max_seq_len - stride + 1
+
+
+# -- the compiled scorer ----------------------------------------------------------------------------
+
+def _score_function(model, use_jit: bool) -> Callable:
+    """input_ids (B, S) int32, targets (B, S) int32 -> (log p(targets[:, t] | ids[:, :t+1]) (B, S) float32,
+    targets == argmax (B, S) bool). Kept on the model and reused; one compile per input shape."""
+    functions = model.__dict__.setdefault("_mfcore_score_functions", {})
+    if use_jit not in functions:
+        import mindspore
+        from mindspore import mint, ops
+
+        def score(input_ids, targets):
+            logits = model(input_ids)
+            log_probs = ops.log_softmax(logits, -1)
+            picked = mint.gather(log_probs, -1, targets.expand_dims(-1)).squeeze(-1)
+            greedy = ops.cast(ops.argmax(logits, -1), mindspore.int32) == targets
+            return picked, greedy
+
+        functions[use_jit] = mindspore.jit(score) if use_jit else score
+    return functions[use_jit]
+
+
+def _batch_bucket(n: int, batch_size: int) -> int:
+    """Rows every batch of a call of n sequences is padded to: batch_size, or the power of two above n when
+    n is smaller. A short last batch runs padded rather than compile a graph of its own (~1 s)."""
+    return batch_size if n >= batch_size else 1 << max(0, n - 1).bit_length()
+
+
+def token_logprobs(model, sequences: Sequence[Sequence[int]], batch_size: int = 8, use_jit: bool = True,
+                   progress: Optional[Callable[[int], None]] = None) -> List[Tuple[np.ndarray, np.ndarray]]:
+    """For every sequence of ids, the log-prob of each token given the ones before it and whether it was the
+    argmax: (logprobs (n - 1,) float32, greedy (n - 1,) bool) for the tokens 1..n-1 (token 0 has no
+    prediction). Batched longest first; `progress(k)` is called after each batch of k sequences."""
+    from mindspore import Tensor
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    rows = [np.asarray(s, dtype=np.int64).reshape(-1) for s in sequences]
+    for i, row in enumerate(rows):
+        if len(row) < 2:
+            raise ValueError(f"sequence {i} has {len(row)} token(s); scoring needs at least 2 "
+                             f"(a context token and one to predict)")
+    vocab = getattr(model.config, "vocab_size", None)
+    score = _score_function(model, use_jit)
+    results: List[Optional[Tuple[np.ndarray, np.ndarray]]] = [None] * len(rows)
+    order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))  # longest first: a batch pads to its first
+    height = _batch_bucket(len(rows), batch_size)
+    was_training = getattr(model, "training", False)
+    if was_training:
+        model.set_train(False)
+    try:
+        for begin in range(0, len(order), batch_size):
+            batch = order[begin:begin + batch_size]
+            width = bucket_length(len(rows[batch[0]]) - 1)
+            ids = np.zeros((height, width), dtype=np.int32)
+            targets = np.zeros((height, width), dtype=np.int32)
+            for r, i in enumerate(batch):
+                row = rows[i]
+                if vocab is not None and (row.min() < 0 or row.max() >= vocab):
+                    raise ValueError(f"sequence {i}: token id {int(row.max() if row.max() >= vocab else row.min())}"
+                                     f" is outside the vocabulary [0, {vocab})")
+                ids[r, :len(row) - 1] = row[:-1]
+                targets[r, :len(row) - 1] = row[1:]
+            picked, greedy = score(Tensor(ids), Tensor(targets))
+            picked, greedy = picked.asnumpy(), greedy.asnumpy()
+            for r, i in enumerate(batch):
+                n = len(rows[i]) - 1
+                results[i] = (picked[r, :n].astype(np.float32), greedy[r, :n].astype(bool))
+            if progress is not None:
+                progress(len(batch))
+    finally:
+        if was_training:
+            model.set_train(True)
+    return results
+
+
+def prompt_logprobs(model, ids: Sequence[int], use_jit: bool = True) -> List[Optional[float]]:
+    """Per-token log-probs of one sequence, aligned 1:1 with it: entry t is log p(ids[t] | ids[:t]); the
+    first token has no prediction and gets None (what an OpenAI `echo=True, logprobs=...` reply carries)."""
+    ids = [int(t) for t in np.asarray(ids).reshape(-1)]
+    if len(ids) < 2:
+        return [None] * len(ids)
+    picked, _ = token_logprobs(model, [ids], batch_size=1, use_jit=use_jit)[0]
+    return [None] + [float(x) for x in picked]
+
+
+def _max_length(model, max_length: Optional[int]) -> int:
+    if max_length:
+        return int(max_length)
+    config = model.config
+    for name in ("seq_length", "max_position_embedding", "max_position_embeddings"):
+        value = getattr(config, name, None)
+        if value:
+            return int(value)
+    return 2048
+
+
+def loglikelihood_tokens(model, pairs: Sequence[Tuple[Sequence[int], Sequence[int]]], batch_size: int = 8,
+                         max_length: Optional[int] = None, use_jit: bool = True,
+                         progress: Optional[Callable[[int], None]] = None) -> List[Tuple[float, bool]]:
+    """(sum of log p(continuation | context), whether every continuation token is the argmax) per
+    (context ids, continuation ids) pair, as lm-eval's hf backend computes it: the model sees at most
+    max_length tokens, the context cut from the left when context + continuation is longer."""
+    limit = _max_length(model, max_length)
+    sequences, counts = [], []
+    for i, (context, continuation) in enumerate(pairs):
+        context, continuation = [int(t) for t in context], [int(t) for t in continuation]
+        if not context or not continuation:
+            raise ValueError(f"pair {i}: the context and the continuation both need at least one token "
+                             f"(an empty context is conditioned on the BOS/EOS token: pass it as the context)")
+        if len(continuation) > limit:
+            raise ValueError(f"pair {i}: the continuation has {len(continuation)} tokens, more than "
+                             f"max_length {limit}")
+        sequences.append((context + continuation)[-(limit + 1):])
+        counts.append(len(continuation))
+    scored = token_logprobs(model, sequences, batch_size=batch_size, use_jit=use_jit, progress=progress)
+    return [(float(np.sum(picked[-n:], dtype=np.float64)), bool(greedy[-n:].all()))
+            for (picked, greedy), n in zip(scored, counts)]
+
+
+def loglikelihood(model, contexts: Sequence, continuations: Sequence, tokenizer=None, batch_size: int = 8,
+                  max_length: Optional[int] = None, use_jit: bool = True) -> List[Tuple[float, bool]]:
+    """(sum log-prob, is_greedy) of each continuation after its context. Both are token id lists, or strings
+    with `tokenizer=` (encoded as lm-eval does: the whole text, then split where the context's ids end, with
+    the context's trailing spaces moved to the continuation; an empty context means BOS, else EOS)."""
+    if len(contexts) != len(continuations):
+        raise ValueError(f"{len(contexts)} contexts but {len(continuations)} continuations")
+    pairs = []
+    for context, continuation in zip(contexts, continuations):
+        if isinstance(context, str) or isinstance(continuation, str):
+            if tokenizer is None:
+                raise ValueError("text contexts/continuations need the tokenizer: pass tokenizer=")
+            pairs.append(encode_pair(tokenizer, context, continuation))
+        else:
+            pairs.append((list(context), list(continuation)))
+    return loglikelihood_tokens(model, pairs, batch_size=batch_size, max_length=max_length, use_jit=use_jit)
+
+
+def prefix_token_id(tokenizer) -> int:
+    """The token an empty context stands for: BOS, else EOS (lm-eval's prefix_token_id)."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    return int(bos if bos is not None else tokenizer.eos_token_id)
+
+
+def encode_pair(tokenizer, context: str, continuation: str, add_special_tokens: bool = False):
+    """(context ids, continuation ids) as lm-eval's TemplateLM encodes a causal pair."""
+    if context == "":
+        ids = tokenizer.encode(continuation, add_special_tokens=False)
+        prefix = prefix_token_id(tokenizer)
+        return ([prefix], ids) if ids and ids[0] != prefix else (ids[:1], ids[1:])
+    spaces = len(context) - len(context.rstrip())
+    if spaces:
+        continuation, context = context[-spaces:] + continuation, context[:-spaces]
+    whole = tokenizer.encode(context + continuation, add_special_tokens=add_special_tokens)
+    context_ids = tokenizer.encode(context, add_special_tokens=add_special_tokens)
+    return context_ids, whole[len(context_ids):]
+
+
+def loglikelihood_rolling(model, texts: Sequence, tokenizer=None, max_length: Optional[int] = None,
+                          stride: Optional[int] = None, prefix_token: Optional[int] = None, batch_size: int = 8,
+                          use_jit: bool = True, progress: Optional[Callable[[int], None]] = None) -> List[float]:
+    """Sum of log-probs of every token of each text (token id lists, or strings with `tokenizer=`), scored
+    in windows of max_length (default: the model's seq_length) as lm-eval's loglikelihood_rolling does: the
+    first token conditioned on `prefix_token` (default BOS, else EOS). stride=None gives lm-eval's
+    disjoint windows; a stride < max_length scores each window's last `stride` tokens with the tokens
+    before them as context. Perplexity of a text: exp(-sum / number of tokens)."""
+    limit = _max_length(model, max_length)
+    context_len = stride_context_len(limit, stride)
+    if prefix_token is None:
+        if tokenizer is None:
+            raise ValueError("loglikelihood_rolling needs prefix_token= or tokenizer= (for its BOS/EOS id)")
+        prefix_token = prefix_token_id(tokenizer)
+    pairs, owners = [], []
+    for i, text in enumerate(texts):
+        if isinstance(text, str):
+            if tokenizer is None:
+                raise ValueError("text inputs need the tokenizer: pass tokenizer=")
+            text = tokenizer.encode(text, add_special_tokens=False)
+        for window in rolling_windows(text, int(prefix_token), limit, context_len):
+            pairs.append(window)
+            owners.append(i)
+    scored = loglikelihood_tokens(model, pairs, batch_size=batch_size, max_length=limit, use_jit=use_jit,
+                                  progress=progress)
+    totals = [0.0] * len(texts)
+    for owner, (logprob, _) in zip(owners, scored):
+        totals[owner] += logprob
+    return totals
