@@ -30,6 +30,7 @@ CORE_LAYERS = [
     ("training", ["mfcore.training"]),
     ("evaluation", ["mfcore.evaluation"]),
     ("tasks", ["mfcore.tasks"]),
+    ("serving", ["mfcore.serving"]),
     ("cli", ["mfcore.cli"]),
 ]
 FACADES = {"mfcore", "mfcore.__main__", "mfcore.testing"}

@@ -16,10 +16,10 @@ from typing import List, Optional
 from mfcore.errors import MfcoreError
 from mfcore.plugins.manager import get_plugins
 
-from . import chat, data, demo, evaluate, models, plugins, run
+from . import chat, data, demo, evaluate, models, plugins, run, serve
 
 # In the order `mfcore --help` lists them; plugin commands follow.
-COMMANDS = (plugins, models, run, evaluate, data, demo, chat)
+COMMANDS = (plugins, models, run, evaluate, data, demo, chat, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,72 @@
+"""`mfcore serve --model PRESET|DIR`: an OpenAI-compatible HTTP server (extra `mfcore[serve]`).
+
+The server answers at once (GET /health says 503 while the model loads in a background thread), then
+serves /v1/completions, /v1/chat/completions, /v1/models, /tokenize, /detokenize and /metrics with
+continuous batching over --max-batch slots (mfcore.serving). FastAPI and uvicorn are imported only here,
+when the command runs.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+from pathlib import Path
+
+from mfcore.errors import ConfigError
+
+
+def add_command(subparsers) -> None:
+    parser = subparsers.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API")
+    parser.add_argument("--model", required=True, help="a preset (weights from $MFCORE_HOME/models/<preset>) or a "
+                                                       "model directory")
+    parser.add_argument("--tokenizer", help="tokenizer preset or directory (default: next to the weights)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--max-batch", "--max_batch", type=int, default=8,
+                        help="decode slots: requests generated together (default 8)")
+    parser.add_argument("--max-model-len", "--max_model_len", type=int,
+                        help="prompt + generated tokens per request (default: the model's seq_length, at most 2048)")
+    parser.add_argument("--served-model-name", "--served_model_name", action="append",
+                        help="the name clients pass as `model` (default: --model as given); repeatable")
+    parser.add_argument("--log-level", "--log_level", default="info")
+    parser.set_defaults(func=run_serve)
+
+
+def _load(args, state) -> None:
+    """In the background: model, tokenizer, engine; the server turns ready (or reports why not)."""
+    try:
+        from mfcore.serving.app import attach
+        from mfcore.tasks.runner import load_model, load_tokenizer
+        from mfcore.tasks.spec import read_task
+        from mfcore.utils import runtime
+
+        is_dir = Path(args.model).exists()
+        run_args = argparse.Namespace(config=None, model=None if is_dir else args.model,
+                                      load_checkpoint=args.model if is_dir else None, tokenizer=args.tokenizer,
+                                      register_path=None, run_mode="predict", predict_data=["(serve)"])
+        spec = read_task(run_args)
+        runtime.setup(device_target=spec.context.get("device_target"), mode=spec.context.get("mode"))
+        model, source = load_model(spec, allow_random=False)
+        tokenizer = load_tokenizer(spec, required=True)
+        attach(state, model, tokenizer, args.served_model_name or [args.model], max_batch=args.max_batch,
+               max_model_len=args.max_model_len)
+        print(f"mfcore serve: {source} ready at http://{args.host}:{args.port}/v1", file=sys.stderr)
+    except Exception as exc:  # the server stays up and says why in /health
+        state.error = f"{type(exc).__name__}: {exc}"
+        print(f"mfcore serve: error: {state.error}", file=sys.stderr)
+
+
+def run_serve(args) -> int:
+    if args.max_batch < 1:
+        raise ConfigError("--max-batch", f"must be at least 1, got {args.max_batch}")
+    try:
+        import uvicorn
+        from mfcore.serving.app import ServerState, create_app
+    except ImportError as exc:
+        raise ConfigError("mfcore serve", f"needs FastAPI and uvicorn ({exc}): pip install 'mfcore[serve]'") from exc
+    state = ServerState()
+    threading.Thread(target=_load, args=(args, state), name="mfcore-load", daemon=True).start()
+    uvicorn.run(create_app(state), host=args.host, port=args.port, log_level=args.log_level)
+    if state.engine is not None:
+        state.engine.stop()
+    return 0

@@ -1,0 +1,385 @@
+"""The serving engine: one thread owns the model and runs a continuous decode batch.
+
+Slots are the rows of one static KV cache (max_batch rows, cache_length columns). A request takes a
+free slot, its prompt runs alone through a batch-1 prompt graph (bucketed length), and its keys and
+values are copied into its row by a small compiled graph (`_insert`), shifted so that the prompt's
+real tokens sit in columns 0..n-1. Then it decodes with every other active row, one token per step:
+each row has its own position, write column (cache_slot (B, 1, T, 1)) and visible columns
+(attention_bias (B, 1, 1, T)), so rows of different lengths share one compiled decode graph. A request
+joins between two steps (the others wait for its prompt), leaves when it stops, is cancelled or its
+client goes away, and its slot is free for the next one. Nothing recompiles while serving: the decode
+and insert graphs have one shape each, prompts one per bucket (`compiled_shapes` counts them).
+
+The next token is chosen on the host from each row's logits with the request's own settings and its
+own seeded generator (mfcore.generation.sampling, the functions `generate` uses), so a seeded request
+gives the same tokens whatever else is in the batch: every row of a step runs through the same graph
+and no row's numbers depend on another's.
+
+Prompt log-probabilities (echo + logprobs, what lm-eval scores with) come from a third graph: the
+full forward of one prompt, log-softmax, the log-probability of each next token and the top 5.
+"""
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from mfcore.generation.config import GenerationConfig
+from mfcore.generation.decoding import bucket_length
+from mfcore.generation.sampling import next_tokens
+
+TOP_LOGPROBS = 5  # the most alternatives per token the API returns (OpenAI's limit for completions)
+
+
+@dataclass
+class SamplingParams:
+    """What one sequence is generated with (already validated by the API layer)."""
+
+    max_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    repetition_penalty: float = 1.0
+    seed: Optional[int] = None
+    stop: List[str] = field(default_factory=list)
+    stop_token_ids: List[int] = field(default_factory=list)
+    logprobs: Optional[int] = None  # alternatives per generated token (0: only the chosen token's)
+    prompt_logprobs: bool = False  # echo: log-probabilities of the prompt tokens too
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass
+class TokenEvent:
+    """One generated token as the client sees it: its id, the text it adds (held back while it might
+    begin a stop string or an unfinished UTF-8 character) and its log-probabilities when asked."""
+
+    token_id: int
+    text: str
+    logprob: Optional[float] = None
+    top: Optional[List[tuple]] = None  # [(token id, logprob)] best first
+
+
+class Sequence_:
+    """One choice being generated: prompt, settings, the tokens so far and where it stands."""
+
+    def __init__(self, prompt_ids: Sequence[int], params: SamplingParams, emit: Callable[[str, object], None]):
+        self.prompt_ids = [int(t) for t in prompt_ids]
+        self.params = params
+        self.emit = emit  # emit(kind, payload): "token" TokenEvent, "prompt" logprobs, "done" reason, "error" text
+        self.generated: List[int] = []
+        self.tokens_out = 0  # tokens the model produced, a stop token included (usage counts them)
+        self.text = ""  # the generated text, cut at a stop string
+        self.sent = 0  # characters of text already handed out
+        self.cancelled = False
+        self.finished = False
+        self.submitted = time.monotonic()
+        self.first_token_at: Optional[float] = None
+        self.rng = np.random.default_rng(params.seed)
+        self.config = GenerationConfig(do_sample=not params.greedy, temperature=params.temperature or 1.0,
+                                       top_k=params.top_k or None, top_p=params.top_p,
+                                       repetition_penalty=params.repetition_penalty)
+        # slot state while decoding
+        self.slot: Optional[int] = None
+        self.position = 0  # rotary position of the next token fed
+        self.column = 0  # cache column the next token is written to
+
+    def cancel(self) -> None:
+        """Called from any thread (the client went away): the engine frees the slot before its next step."""
+        self.cancelled = True
+
+
+class Engine:
+    """Owns the model on one thread; `submit` sequences from any thread, events come back through
+    each sequence's `emit` (called on the engine thread)."""
+
+    def __init__(self, model, tokenizer, max_batch: int = 8, max_model_len: Optional[int] = None,
+                 use_jit: bool = True):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_batch = int(max_batch)
+        seq_length = int(getattr(model.config, "seq_length", 0) or 2048)
+        self.max_model_len = int(max_model_len or min(seq_length, 2048))
+        self.cache_length = -(-self.max_model_len // 16) * 16
+        self.vocab_size = int(model.config.vocab_size)
+        self.use_jit = use_jit
+        self.pad_id = int(model.generation_config.pad_token_id or 0)
+        self.slots: List[Optional[Sequence_]] = [None] * self.max_batch
+        self.pending: collections.deque = collections.deque()
+        self.lock = threading.Condition()
+        self.compiled_shapes: Dict[str, set] = collections.defaultdict(set)
+        self.stats = collections.Counter()  # prompt_tokens, generation_tokens, steps, ...
+        self.ttft: List[float] = []  # seconds to the first token, the latest requests (metrics)
+        self.recent_tokens: collections.deque = collections.deque(maxlen=4096)  # (time, tokens) per step
+        self._build_graphs()
+        self._caches = self._zero_caches(self.max_batch)
+        # host copies of the per-row decode inputs
+        self._ids = np.full((self.max_batch, 1), self.pad_id, dtype=np.int32)
+        self._positions = np.zeros((self.max_batch, 1), dtype=np.int32)
+        self._visible = np.zeros((self.max_batch, self.cache_length), dtype=bool)
+        self._stopping = False
+        self.thread = threading.Thread(target=self._loop, name="mfcore-engine", daemon=True)
+        self.thread.start()
+
+    # -- graphs ------------------------------------------------------------------------------------
+    def _build_graphs(self) -> None:
+        import mindspore
+        from mindspore import mint, ops
+
+        model = self.model
+        jit = mindspore.jit if self.use_jit else (lambda f: f)
+
+        # Two functions, not one jitted twice: MindSpore warns "compiled again" for a reused function object,
+        # and that warning is what a recompile looks like (tests count it).
+        def prompt_step(input_ids, position_ids, attention_bias, cache_slot, *caches):
+            return model.forward_with_cache(input_ids, position_ids, attention_bias, cache_slot, *caches)
+
+        def decode_step(input_ids, position_ids, attention_bias, cache_slot, *caches):
+            return model.forward_with_cache(input_ids, position_ids, attention_bias, cache_slot, *caches)
+
+        def insert(row, order, *caches):
+            """Row `row` (B, 1, 1, 1) bool of the big caches <- the batch-1 caches taken in column `order`
+            (T,) (the prompt's real tokens first)."""
+            half = len(caches) // 2
+            return tuple(mint.where(row, ops.gather(small, order, 2), big)
+                         for small, big in zip(caches[:half], caches[half:]))
+
+        def score(input_ids, targets):
+            """Log-probability of each target (the next token) and the best TOP_LOGPROBS, per position."""
+            logprobs = ops.log_softmax(model(input_ids), -1)
+            chosen = mint.gather(logprobs, -1, targets.expand_dims(-1)).squeeze(-1)
+            values, indices = ops.topk(logprobs, TOP_LOGPROBS)
+            return chosen, values, indices
+
+        self._prompt_step, self._decode_step = jit(prompt_step), jit(decode_step)
+        self._insert, self._score = jit(insert), jit(score)
+
+    def _zero_caches(self, batch: int):
+        from mindspore import Tensor
+        import mindspore
+
+        caches = []
+        for shape, dtype in self.model.kv_cache_shapes(batch, self.cache_length):
+            numpy_type = {mindspore.float32: np.float32, mindspore.float16: np.float16}.get(dtype)
+            caches.append(Tensor.from_numpy(np.zeros(shape, numpy_type)) if numpy_type else
+                          mindspore.ops.zeros(shape, dtype))
+        return caches
+
+    def _note_shape(self, graph: str, *arrays) -> None:
+        self.compiled_shapes[graph].add(tuple(tuple(a.shape) for a in arrays))
+
+    # -- the public side (any thread) --------------------------------------------------------------
+    def submit(self, sequence: Sequence_) -> None:
+        with self.lock:
+            self.pending.append(sequence)
+            self.lock.notify()
+
+    @property
+    def queue_length(self) -> int:
+        return len(self.pending)
+
+    @property
+    def running(self) -> int:
+        return sum(s is not None for s in self.slots)
+
+    def stop(self) -> None:
+        with self.lock:
+            self._stopping = True
+            self.lock.notify()
+        self.thread.join(timeout=30)
+
+    # -- the engine thread -------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self.lock:
+                while not self._stopping and not self.pending and not any(self.slots):
+                    self.lock.wait()
+                if self._stopping:
+                    return
+            self._drop_cancelled()
+            # A new prompt joins between steps: one per step while others decode, all free slots when idle.
+            admitted = 0
+            while self.pending and None in self.slots and (admitted == 0 or not self.running):
+                with self.lock:
+                    sequence = self.pending.popleft()
+                admitted += 1
+                self._guarded(sequence, self._start)
+            if self.running:
+                try:
+                    self._decode()
+                except Exception as exc:  # the model failed: every running request learns why
+                    for sequence in [s for s in self.slots if s is not None]:
+                        self._finish(sequence, None, error=f"generation failed: {exc}")
+
+    def _guarded(self, sequence: Sequence_, work) -> None:
+        try:
+            work(sequence)
+        except Exception as exc:  # one request's failure is that request's only
+            self._finish(sequence, None, error=f"{type(exc).__name__}: {exc}")
+
+    def _drop_cancelled(self) -> None:
+        for sequence in [s for s in self.slots if s is not None and s.cancelled]:
+            self._finish(sequence, "cancelled")
+        with self.lock:
+            kept = [s for s in self.pending if not s.cancelled]
+            dropped = len(self.pending) - len(kept)
+            self.pending = collections.deque(kept)
+        self.stats["cancelled_pending"] += dropped
+
+    def _start(self, sequence: Sequence_) -> None:
+        """Prompt log-probabilities if asked, then the prompt into a free slot and the first token."""
+        from mindspore import Tensor
+
+        if sequence.cancelled:
+            return self._finish(sequence, "cancelled")
+        self.stats["prompt_tokens"] += len(sequence.prompt_ids)
+        if sequence.params.prompt_logprobs:
+            sequence.emit("prompt", self.prompt_logprobs(sequence.prompt_ids))
+        if sequence.params.max_tokens == 0:
+            return self._finish(sequence, "length")
+        prompt = sequence.prompt_ids
+        n = len(prompt)
+        width = min(bucket_length(n), self.cache_length)
+        ids = np.full((1, width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((1, width), dtype=np.int64)
+        ids[0, width - n:], mask[0, width - n:] = prompt, 1
+        inputs = self.model.prepare_inputs_for_generation(ids, mask, self.cache_length, 0)
+        arrays = [inputs[k] for k in ("input_ids", "position_ids", "attention_bias", "cache_slot")]
+        self._note_shape("prompt", *arrays)
+        logits, *small = self._prompt_step(*(Tensor(a) for a in arrays), *self._zero_caches(1))
+        slot = self.slots.index(None)
+        row = np.zeros((self.max_batch, 1, 1, 1), dtype=bool)
+        row[slot] = True
+        # Column j of the slot takes column j + (width - n) of the prompt cache: real tokens first.
+        order = (np.arange(self.cache_length) + (width - n)) % self.cache_length
+        self._note_shape("insert", row, order)
+        self._caches = list(self._insert(Tensor(row), Tensor(order.astype(np.int32)), *small, *self._caches))
+        sequence.slot, sequence.position, sequence.column = slot, n, n
+        self.slots[slot] = sequence
+        self._visible[slot] = False
+        self._visible[slot, :n] = True
+        self._accept(sequence, logits.asnumpy()[0].astype(np.float32))
+
+    def _decode(self) -> None:
+        """One token for every active row."""
+        from mindspore import Tensor
+
+        slot_mask = np.zeros((self.max_batch, 1, self.cache_length, 1), dtype=bool)
+        active = [s for s in self.slots if s is not None]
+        for sequence in active:
+            row = sequence.slot
+            self._ids[row, 0] = sequence.generated[-1]
+            self._positions[row, 0] = sequence.position
+            slot_mask[row, 0, sequence.column, 0] = True
+            self._visible[row, sequence.column] = True
+        # Idle rows attend to column 0 only (finite, never read) and write nowhere.
+        visible = self._visible.copy()
+        visible[[s is None for s in self.slots], 0] = True
+        bias = np.where(visible, 0.0, -1e9).astype(np.float32)[:, None, None, :]
+        self._note_shape("decode", self._ids, self._positions, bias, slot_mask)
+        logits, *self._caches = self._decode_step(Tensor(self._ids), Tensor(self._positions), Tensor(bias),
+                                                  Tensor(slot_mask), *self._caches)
+        logits = logits.asnumpy()
+        self.stats["steps"] += 1
+        self.recent_tokens.append((time.monotonic(), len(active)))
+        for sequence in active:
+            sequence.position += 1
+            sequence.column += 1
+            self._guarded(sequence, lambda s: self._accept(s, logits[s.slot].astype(np.float32)))
+
+    def _accept(self, sequence: Sequence_, logits: np.ndarray) -> None:
+        """Choose the next token from one row's logits, hand its text out, stop when it is time."""
+        params = sequence.params
+        if sequence.cancelled:
+            return self._finish(sequence, "cancelled")
+        seen = np.asarray([sequence.prompt_ids + sequence.generated], dtype=np.int64)
+        token = int(next_tokens(logits[None], seen, sequence.config, sequence.rng)[0])
+        logprob = top = None
+        if params.logprobs is not None:
+            logprobs = _log_softmax(logits)
+            logprob = float(logprobs[token])
+            if params.logprobs:
+                best = np.argsort(-logprobs, kind="stable")[:params.logprobs]
+                top = [(int(i), float(logprobs[i])) for i in best]
+        if sequence.first_token_at is None:
+            sequence.first_token_at = time.monotonic()
+            self.ttft.append(sequence.first_token_at - sequence.submitted)
+            del self.ttft[:-1000]
+        self.stats["generation_tokens"] += 1
+        sequence.tokens_out += 1
+        if token in params.stop_token_ids:
+            return self._finish(sequence, "stop")  # the stop token is not part of the answer
+        sequence.generated.append(token)
+        text = self.tokenizer.decode(sequence.generated, skip_special_tokens=True)
+        stopped = False
+        for stop in params.stop:
+            at = text.find(stop)
+            if at >= 0:
+                text, stopped = text[:at], True
+        sequence.text = text
+        # Hand out what can no longer change: not a trailing unfinished character, not the start of a stop.
+        safe = len(text) if stopped else len(text) - _held_back(text, params.stop)
+        delta = text[sequence.sent:safe] if safe > sequence.sent else ""
+        sequence.sent = max(sequence.sent, safe)
+        sequence.emit("token", TokenEvent(token, delta, logprob, top))
+        if stopped:
+            return self._finish(sequence, "stop")
+        if len(sequence.generated) >= params.max_tokens or sequence.column >= self.cache_length:
+            return self._finish(sequence, "length")
+
+    def _finish(self, sequence: Sequence_, reason: Optional[str], error: Optional[str] = None) -> None:
+        if sequence.finished:
+            return
+        sequence.finished = True
+        if sequence.slot is not None and self.slots[sequence.slot] is sequence:
+            self.slots[sequence.slot] = None
+        if error is not None:
+            self.stats["errors"] += 1
+            sequence.emit("error", error)
+            return
+        if reason not in ("cancelled",) and sequence.sent < len(sequence.text):
+            sequence.emit("token", TokenEvent(-1, sequence.text[sequence.sent:]))  # the held-back tail
+            sequence.sent = len(sequence.text)
+        sequence.emit("done", reason)
+
+    # -- prompt scoring ----------------------------------------------------------------------------
+    def prompt_logprobs(self, prompt_ids: Sequence[int]):
+        """[(logprob of token i given tokens < i, [(id, logprob)] * TOP_LOGPROBS)] for i >= 1, on the
+        engine thread (the model's owner). Right padding: the causal forward never looks ahead."""
+        from mindspore import Tensor
+
+        n = len(prompt_ids)
+        width = max(bucket_length(n), 16)
+        ids = np.full((1, width), self.pad_id, dtype=np.int32)
+        ids[0, :n] = prompt_ids
+        targets = np.zeros((1, width), dtype=np.int32)
+        targets[0, :n - 1] = prompt_ids[1:]
+        self._note_shape("score", ids)
+        chosen, values, indices = (t.asnumpy() for t in self._score(Tensor(ids), Tensor(targets)))
+        return [(float(chosen[0, i]), list(zip(indices[0, i].tolist(), values[0, i].astype(float).tolist())))
+                for i in range(n - 1)]
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits.astype(np.float64) - logits.max()
+    return shifted - np.log(np.exp(shifted).sum())
+
+
+def _held_back(text: str, stops: Sequence[str]) -> int:
+    """Characters at the end of text that must wait: an unfinished UTF-8 character (decoded as U+FFFD),
+    or the longest suffix that begins one of the stop strings (the next token may complete it)."""
+    if text.endswith("\ufffd"):
+        return len(text) - len(text.rstrip("\ufffd"))
+    longest = 0
+    for stop in stops:
+        for size in range(min(len(stop) - 1, len(text)), longest, -1):
+            if text.endswith(stop[:size]):
+                longest = size
+                break
+    return longest

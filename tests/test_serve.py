@@ -1,0 +1,306 @@
+"""`mfcore serve` with real clients: the official openai package and raw HTTP (httpx) against a server on
+a free loopback port, over a tiny random Llama with the Llama 3 tokenizer. The reference is transformers
+(fp32 eager, the same weights, randomized norms): greedy text and prompt log-probabilities come from it.
+The load test checks that continuous batching changes nothing: 64 requests from 16 clients, each equal
+to the same request run alone, no slot left taken and nothing compiled while serving."""
+import json
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+openai = pytest.importorskip("openai")
+httpx = pytest.importorskip("httpx")
+uvicorn = pytest.importorskip("uvicorn")
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+import mfcore  # noqa: E402
+from mfcore.serving.app import ServerState, attach, create_app  # noqa: E402
+
+MAX_BATCH = 8
+MAX_MODEL_LEN = 128
+STOPS = [128001, 128008, 128009]  # the Llama 3 tokenizer's stop tokens (as the server reads them)
+PROMPTS = ["Hello world", "Once upon a time", "The capital of France is", "def f(x):\n    return",
+           "1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17", "A", "Numbers: 3.14159, 2.71828 and",
+           "Le chat est sur la table, et le chien"]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, request):
+    """(base url, engine, transformers model, tokenizer), one server for the module."""
+    data = request.config.rootpath.parent / "shared" / "testdata" / "llama3" / "tokenizer.model"
+    if not data.exists():
+        pytest.skip(f"reference test data not found at {data}")
+    directory = tmp_path_factory.mktemp("tiny-llama3")
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=128256, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, initializer_range=0.06,
+                                      rms_norm_eps=1e-5, tie_word_embeddings=False, attn_implementation="eager",
+                                      bos_token_id=128000, eos_token_id=128001)
+    hf = transformers.LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        for name, param in hf.named_parameters():
+            if "norm" in name:
+                param.copy_(1.0 + 0.5 * torch.randn_like(param))
+    hf.save_pretrained(directory, safe_serialization=True)
+    mfcore.AutoTokenizer.from_pretrained("llama3-8b", vocab_file=str(data)).save_pretrained(directory)
+    model = mfcore.AutoModelForCausalLM.from_pretrained(directory)
+    tokenizer = mfcore.AutoTokenizer.from_pretrained(directory)
+
+    state = ServerState()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(state), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        if server.started:
+            break
+        time.sleep(0.05)
+    loading = httpx.get(f"{base}/health")
+    assert loading.status_code == 503 and loading.json()["status"] == "loading"
+    assert httpx.post(f"{base}/v1/completions", json={"prompt": "x"}).status_code == 503
+    engine = attach(state, model, tokenizer, ["tiny"], max_batch=MAX_BATCH, max_model_len=MAX_MODEL_LEN)
+    yield base, engine, hf, tokenizer
+    server.should_exit = True
+    thread.join(timeout=10)
+    engine.stop()
+
+
+@pytest.fixture(scope="module")
+def client(served):
+    return openai.OpenAI(base_url=served[0] + "/v1", api_key="none", max_retries=0, timeout=120)
+
+
+def hf_greedy(hf, ids, max_new_tokens):
+    with torch.no_grad():
+        out = hf.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                          do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=STOPS, pad_token_id=0)
+    new = out[0, len(ids):].tolist()
+    while new and new[-1] in STOPS:
+        new.pop()
+    return new
+
+
+def test_completions_greedy_match_transformers(served, client):
+    _, _, hf, tokenizer = served
+    result = client.completions.create(model="tiny", prompt=PROMPTS[:3], max_tokens=10, temperature=0)
+    assert [c.index for c in result.choices] == [0, 1, 2]
+    for prompt, choice in zip(PROMPTS[:3], result.choices):
+        ids = tokenizer.encode(prompt)
+        assert choice.text == tokenizer.decode(hf_greedy(hf, ids, 10), skip_special_tokens=True)
+        assert choice.finish_reason == "length"
+    assert result.usage.prompt_tokens == sum(len(tokenizer.encode(p)) for p in PROMPTS[:3])
+    assert result.usage.completion_tokens == 30
+    # Token ids in, the same text out.
+    ids = tokenizer.encode(PROMPTS[1])
+    by_ids = client.completions.create(model="tiny", prompt=ids, max_tokens=10, temperature=0)
+    assert by_ids.choices[0].text == result.choices[1].text
+    batched_ids = client.completions.create(model="tiny", prompt=[ids, tokenizer.encode(PROMPTS[0])],
+                                            max_tokens=10, temperature=0)
+    assert [c.text for c in batched_ids.choices] == [result.choices[1].text, result.choices[0].text]
+
+
+def test_echo_logprobs_are_the_prompt_log_probabilities_of_transformers(served, client):
+    """What lm-eval's local-completions reads: echo + logprobs, one entry per prompt token (the first None)."""
+    _, _, hf, tokenizer = served
+    prompt = PROMPTS[3]
+    ids = tokenizer.encode(prompt)
+    result = client.completions.create(model="tiny", prompt=ids, max_tokens=1, temperature=0, echo=True,
+                                       logprobs=2)
+    logprobs = result.choices[0].logprobs
+    assert len(logprobs.token_logprobs) == len(ids) + 1 and logprobs.token_logprobs[0] is None
+    with torch.no_grad():
+        reference = torch.log_softmax(hf(torch.tensor([ids])).logits[0].double(), -1).numpy()
+    expected = [reference[i, ids[i + 1]] for i in range(len(ids) - 1)]
+    np.testing.assert_allclose(logprobs.token_logprobs[1:len(ids)], expected, atol=2e-4)
+    for i in range(1, len(ids)):
+        best = np.sort(reference[i - 1])[::-1][:2]
+        np.testing.assert_allclose(sorted(logprobs.top_logprobs[i].values(), reverse=True), best, atol=2e-4)
+    # the generated token: greedy, its log-probability the best one
+    generated = hf_greedy(hf, ids, 1)
+    assert logprobs.tokens[-1] == tokenizer.decode(generated)
+    np.testing.assert_allclose(logprobs.token_logprobs[-1], reference[-1].max(), atol=2e-4)
+    assert result.choices[0].text.startswith(tokenizer.decode(ids))
+    # max_tokens 0 scores the prompt only
+    scored = client.completions.create(model="tiny", prompt=prompt, max_tokens=0, echo=True, logprobs=0)
+    assert scored.choices[0].text == prompt
+    np.testing.assert_allclose(scored.choices[0].logprobs.token_logprobs[1:], expected, atol=2e-4)
+
+
+def test_chat_uses_the_template_and_matches_transformers(served, client):
+    _, _, hf, tokenizer = served
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"}]
+    result = client.chat.completions.create(model="tiny", messages=messages, max_tokens=8, temperature=0)
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+    assert ids[:2] == [128000, 128006] and ids[-4:] == [128006, 78191, 128007, 271]
+    assert result.choices[0].message.content == tokenizer.decode(hf_greedy(hf, ids, 8), skip_special_tokens=True)
+    assert result.choices[0].message.role == "assistant"
+    assert result.usage.prompt_tokens == len(ids)
+    tokenized = httpx.post(served[0] + "/tokenize", json={"messages": messages}).json()
+    assert tokenized["tokens"] == ids and tokenized["count"] == len(ids)
+
+
+def test_streaming_gives_the_same_text_as_one_answer(served, client):
+    plain = client.completions.create(model="tiny", prompt=PROMPTS[4], max_tokens=12, temperature=0)
+    chunks = list(client.completions.create(model="tiny", prompt=PROMPTS[4], max_tokens=12, temperature=0,
+                                            stream=True, stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == plain.choices[0].text
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 12
+    messages = [{"role": "user", "content": "Hi"}]
+    chat = client.chat.completions.create(model="tiny", messages=messages, max_tokens=6, temperature=0)
+    streamed = client.chat.completions.create(model="tiny", messages=messages, max_tokens=6, temperature=0,
+                                              stream=True)
+    parts = [c.choices[0].delta.content or "" for c in streamed]
+    assert "".join(parts) == chat.choices[0].message.content
+    # the wire format: data: lines, then data: [DONE]
+    with httpx.stream("POST", served[0] + "/v1/completions", timeout=60,
+                      json={"model": "tiny", "prompt": "A", "max_tokens": 3, "temperature": 0, "stream": True}) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        lines = [line for line in r.iter_lines() if line]
+    assert all(line.startswith("data: ") for line in lines) and lines[-1] == "data: [DONE]"
+    assert json.loads(lines[0][6:])["object"] == "text_completion"
+
+
+def test_stop_strings_across_token_boundaries_never_leak(served, client):
+    _, _, hf, tokenizer = served
+    ids = tokenizer.encode(PROMPTS[2])
+    new = hf_greedy(hf, ids, 12)
+    text = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731 (as the server answers)
+    full = text(new)
+    # a stop string made of the end of token 4 and the start of token 5 (both pieces non-empty)
+    head, tail = text(new[:4]), text(new[:5])
+    assert len(tail) > len(head) >= 1
+    stop = head[-1:] + tail[len(head):len(head) + 1]
+    at = full.find(stop)
+    assert 0 <= at < len(head) + 1
+    result = client.completions.create(model="tiny", prompt=PROMPTS[2], max_tokens=12, temperature=0, stop=[stop])
+    assert result.choices[0].text == full[:at] and result.choices[0].finish_reason == "stop"
+    chunks = list(client.completions.create(model="tiny", prompt=PROMPTS[2], max_tokens=12, temperature=0,
+                                            stop=[stop], stream=True))
+    assert "".join(c.choices[0].text for c in chunks) == full[:at]
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+def test_seeded_sampling_is_the_same_alone_or_in_a_full_batch(served, client):
+    _, engine, _, tokenizer = served
+    ask = dict(model="tiny", prompt=PROMPTS[6], max_tokens=10, temperature=0.9, top_p=0.95, seed=1234,
+               extra_body={"top_k": 40})  # top_k: vLLM's extension, passed as the openai client passes extras
+    alone = client.completions.create(**ask).choices[0].text
+    with ThreadPoolExecutor(MAX_BATCH) as pool:
+        others = [pool.submit(client.completions.create, model="tiny", prompt=p, max_tokens=12, temperature=0.7,
+                              seed=i) for i, p in enumerate(PROMPTS[:MAX_BATCH - 1])]
+        together = pool.submit(client.completions.create, **ask)
+        assert together.result().choices[0].text == alone
+        [f.result() for f in others]
+    # the in-process reference: generate's host sampling path, batch 1, same seed
+    ids = tokenizer.encode(PROMPTS[6])
+    out = engine.model.generate([ids], max_new_tokens=10, do_sample=True, temperature=0.9, top_p=0.95, top_k=40,
+                                seed=1234, choice_in_graph=False, eos_token_id=STOPS)
+    assert alone == tokenizer.decode([int(t) for t in out[0][len(ids):] if t not in STOPS], skip_special_tokens=True)
+    n2 = client.completions.create(**dict(ask, n=2))
+    assert n2.choices[0].text == alone and len(n2.choices) == 2
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"model": "gpt-4", "prompt": "x"}, "model"),
+    ({"model": "tiny", "prompt": "x", "max_tokens": MAX_MODEL_LEN}, "max_tokens"),
+    ({"model": "tiny", "prompt": "x", "max_tokens": "ten"}, "max_tokens"),
+    ({"model": "tiny", "prompt": "x", "temperature": -1}, "temperature"),
+    ({"model": "tiny", "prompt": [5, 128256]}, "prompt"),
+    ({"model": "tiny", "prompt": [[5, -1]]}, "prompt"),
+    ({"model": "tiny", "prompt": {"text": "x"}}, "prompt"),
+    ({"model": "tiny", "prompt": "x", "logprobs": 9}, "logprobs"),
+    ({"model": "tiny", "prompt": "x", "stop": 3}, "stop"),
+    ({"model": "tiny", "prompt": "x", "presence_penalty": 0.5}, "presence_penalty"),
+])
+def test_bad_requests_get_400_in_openai_shape(served, body, param):
+    response = httpx.post(served[0] + "/v1/completions", json=body, timeout=30)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["param"] == param and error["message"]
+
+
+def test_bad_requests_do_not_harm_running_ones(served, client):
+    base = served[0]
+    assert httpx.post(base + "/v1/completions", content=b"{not json", timeout=30).status_code == 400
+    assert httpx.post(base + "/v1/chat/completions", json={"model": "tiny", "messages": "hi"}).status_code == 400
+    expected = client.completions.create(model="tiny", prompt=PROMPTS[0], max_tokens=20, temperature=0).choices[0].text
+    stream = client.completions.create(model="tiny", prompt=PROMPTS[0], max_tokens=20, temperature=0, stream=True)
+    text = next(iter(stream)).choices[0].text
+    for body in ({"model": "tiny", "prompt": [10 ** 9]}, {"model": "tiny", "prompt": "x" * 5000, "max_tokens": 1}):
+        assert httpx.post(base + "/v1/completions", json=body, timeout=30).status_code == 400
+    text += "".join(c.choices[0].text for c in stream)
+    assert text == expected
+    with pytest.raises(openai.BadRequestError):
+        client.completions.create(model="nope", prompt="x")
+
+
+def test_status_routes(served, client):
+    base, engine = served[0], served[1]
+    assert httpx.get(base + "/health").json() == {"status": "ok"}
+    assert [m.id for m in client.models.list()] == ["tiny"]
+    ids = httpx.post(base + "/tokenize", json={"prompt": "Hello world"}).json()["tokens"]
+    assert ids == [128000, 9906, 1917]
+    assert httpx.post(base + "/detokenize", json={"tokens": ids[1:]}).json() == {"prompt": "Hello world"}
+    assert httpx.post(base + "/detokenize", json={"tokens": [-3]}).status_code == 400
+    metrics = httpx.get(base + "/metrics").text
+    values = {line.split(" ")[0]: float(line.split(" ")[1]) for line in metrics.splitlines()
+              if line and not line.startswith("#")}
+    assert values["mfcore_generation_tokens_total"] == engine.stats["generation_tokens"] > 0
+    assert values['mfcore_requests_total{route="/v1/completions",status="200"}'] >= 1
+    assert values["mfcore_queue_length"] == 0 and values["mfcore_time_to_first_token_seconds_count"] > 0
+    assert "mfcore_generation_tokens_per_second" in values
+
+
+def test_a_client_that_goes_away_frees_its_slot(served):
+    base, engine = served[0], served[1]
+    with httpx.stream("POST", base + "/v1/completions", timeout=60, json={
+            "model": "tiny", "prompt": "A", "max_tokens": 120, "temperature": 0, "stream": True,
+            "ignore_eos": True}) as response:
+        next(response.iter_lines())
+        assert engine.running == 1
+    for _ in range(100):
+        if engine.running == 0:
+            break
+        time.sleep(0.05)
+    assert engine.running == 0 and engine.stats["generation_tokens"] > 0
+
+
+def test_load_64_requests_from_16_clients_equal_alone_no_leak_no_recompile(served, client, capfd):
+    engine = served[1]
+    requests = [dict(prompt=PROMPTS[i % len(PROMPTS)], max_tokens=4 + (i * 7) % 13) for i in range(64)]
+
+    def ask(request):
+        return client.completions.create(model="tiny", temperature=0, **request).choices[0]
+
+    alone = {}
+    for request in requests:  # each distinct request alone (this also compiles every prompt bucket)
+        key = (request["prompt"], request["max_tokens"])
+        if key not in alone:
+            alone[key] = ask(request).text
+    shapes = {name: set(s) for name, s in engine.compiled_shapes.items()}
+    capfd.readouterr()
+    steps = engine.stats["steps"]
+    started = time.monotonic()
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(ask, requests))
+    took = time.monotonic() - started
+    assert took < 60
+    for request, answer in zip(requests, answers):
+        assert answer.text == alone[(request["prompt"], request["max_tokens"])]
+        assert answer.finish_reason in ("length", "stop")
+    assert engine.running == 0 and engine.queue_length == 0 and all(s is None for s in engine.slots)
+    assert {name: set(s) for name, s in engine.compiled_shapes.items()} == shapes  # no new shape: no compile
+    assert "compiled again" not in capfd.readouterr().err
+    # batching happened: far fewer decode steps than tokens
+    tokens = sum(r["max_tokens"] for r in requests)
+    assert engine.stats["steps"] - steps < tokens / 3
+    print(f"load: 64 requests, 16 clients, {took:.1f} s, {engine.stats['steps'] - steps} steps for {tokens} tokens")
