@@ -54,3 +54,120 @@ def test_max_length_is_the_total_length(tiny):
     assert out.shape == (1, 12)
     # max_new_tokens, when given too, wins (transformers' rule).
     assert tiny.generate([[1, 5, 9]], max_length=12, max_new_tokens=2, eos_token_id=None).shape == (1, 5)
+
+
+# -- the command line: one line naming the file / line / flag, exit status 2, no traceback ------------------
+
+def _cli_error(capsys, argv):
+    from mfcore.cli import main
+
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith("mfcore: error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def _data(tmp_path, testdata, source, fmt="text", tokenizer=None, output=None, seq_length="8"):
+    return ["data", "--format", fmt, "--tokenizer", str(tokenizer or testdata / "llama2" / "tokenizer.model"),
+            "--tokenizer-type", "LlamaTokenizer", "--seq-length", seq_length, "--quiet", "--input", str(source),
+            "--output", str(output or tmp_path / "out.mindrecord")]
+
+
+def test_mfcore_data_bad_inputs_are_one_line_errors(tmp_path, testdata, capsys):
+    text = tmp_path / "latin1.txt"
+    text.write_bytes(b"line one\nline two \xe9t\xe9\nline three\n")
+    assert f"{text}:2: is not valid UTF-8" in _cli_error(capsys, _data(tmp_path, testdata, text))
+    jsonl = tmp_path / "bad.jsonl"
+    jsonl.write_bytes(b'{"text": "fine"}\n{"text": "also fine"}\n{"text": "b\xffd"}\n')
+    assert f"{jsonl}:3: is not valid UTF-8" in _cli_error(capsys, _data(tmp_path, testdata, jsonl, "jsonl"))
+    surrogate = tmp_path / "surrogate.jsonl"
+    surrogate.write_text('{"text": "ok"}\n{"text": "a \\ud800 b"}\n')
+    assert f"{surrogate}:2: text:" in _cli_error(capsys, _data(tmp_path, testdata, surrogate, "jsonl"))
+    good = tmp_path / "good.txt"
+    good.write_text("hello world " * 20)
+    (tmp_path / "a_directory").mkdir()
+    assert "--output:" in _cli_error(capsys, _data(tmp_path, testdata, good, output=tmp_path / "a_directory"))
+    for name, content in (("garbage.model", bytes(range(256)) * 3), ("empty.model", b"")):
+        (tmp_path / name).write_bytes(content)
+        line = _cli_error(capsys, _data(tmp_path, testdata, good, tokenizer=tmp_path / name))
+        assert f"{tmp_path / name} is not a SentencePiece model" in line
+    assert "--seq-length" in _cli_error(capsys, _data(tmp_path, testdata, good, seq_length="1"))
+    assert not (tmp_path / "out.mindrecord").exists()
+
+
+def test_bad_mindrecord_files_are_named(tmp_path):
+    from mfcore.data import read_mindrecord, write_mindrecord
+
+    good = tmp_path / "good.mindrecord"
+    write_mindrecord(good, [(np.arange(4, dtype=np.int32), np.arange(4, dtype=np.int32))] * 3, 4)
+    assert read_mindrecord(good)["input_ids"].shape == (3, 4)
+    for name, content in (("zero.mindrecord", b""), ("garbage.mindrecord", bytes(range(256)) * 40)):
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(ConfigError, match=f"{name}: its index"):
+            read_mindrecord(tmp_path / name)  # no .db beside it
+        (tmp_path / f"{name}.db").write_bytes((tmp_path / "good.mindrecord.db").read_bytes())
+        with pytest.raises(ConfigError, match=f"{name}: is not a readable MindRecord file"):
+            read_mindrecord(tmp_path / name)
+
+
+def test_out_of_range_ids_do_not_decode(testdata):
+    tokenizer = mfcore.AutoTokenizer.tokenizer_class("LlamaTokenizer")(
+        vocab_file=str(testdata / "llama2" / "tokenizer.model"))
+    assert tokenizer.decode([15043, 3186]) == "Hello world"
+    for bad in (40000, 32000, -1):
+        with pytest.raises(ConfigError, match=f"token id {bad} is outside the vocabulary \\[0, 32000\\)"):
+            tokenizer.decode([15043, bad])
+        with pytest.raises(ConfigError, match=f"token id {bad}"):
+            tokenizer.batch_decode([[15043], [bad]])
+
+
+def test_convert_destination_and_shard_size_errors(tmp_path, capsys):
+    pytest.importorskip("mf_convert")
+    source = tmp_path / "src"
+    source.mkdir()
+    (tmp_path / "a_file").write_text("x")
+    assert "DST:" in _cli_error(capsys, ["convert", str(source), str(tmp_path / "a_file"), "--no-progress"])
+    for size in ("abc", "0", "-5GB", "5XB"):
+        line = _cli_error(capsys, ["convert", str(source), str(tmp_path / "dst"), f"--shard-size={size}",
+                                   "--no-progress"])
+        assert f"--shard-size: " in line and repr(size) in line
+
+
+def test_disk_full_names_the_file_and_debug_shows_the_traceback(tmp_path, capsys, monkeypatch):
+    import errno
+
+    import mfcore.utils.atomic as atomic
+    from mfcore.cli import main
+
+    real_fdopen = atomic.os.fdopen
+
+    def full_disk(fd, *args, **kwargs):
+        handle = real_fdopen(fd, *args, **kwargs)
+
+        class Full:
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                handle.close()
+
+            def write(self, data):
+                raise OSError(errno.ENOSPC, "No space left on device")
+
+        return Full()
+
+    monkeypatch.setattr(atomic.os, "fdopen", full_disk)
+    target = tmp_path / "out" / "config.json"
+    with pytest.raises(OSError, match=f"No space left on device.*{target.name}"):
+        atomic.atomic_write_text(target, "{}")
+    assert list((tmp_path / "out").iterdir()) == []  # no temporary left behind
+    # Through the CLI: one line naming the file, exit 2; MFCORE_DEBUG=1 re-raises for a traceback.
+    from mfcore.cli import models
+
+    monkeypatch.setattr(models, "cmd_models", lambda args: atomic.atomic_write_text(target, "{}"))
+    assert str(target) in _cli_error(capsys, ["models"])
+    monkeypatch.setenv("MFCORE_DEBUG", "1")
+    with pytest.raises(OSError):
+        main(["models"])

@@ -20,6 +20,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from mfcore import CheckpointError, ConfigError, get_plugins
+from mfcore.models.weight_files import parse_size
 from mfcore.utils.atomic import atomic_directory
 
 from . import detect, readers, writers
@@ -296,7 +297,7 @@ class Conversion:
             files = writers.write_ckpt(directory / f"{NATIVE_STEM}.ckpt", plan, produce, on_tensor)
         else:
             native = self.target_format == "mindformers"
-            files = writers.write_safetensors_dir(directory, plan, produce, writers.parse_size(shard_size),
+            files = writers.write_safetensors_dir(directory, plan, produce, parse_size(shard_size, "--shard-size"),
                                                   MS_METADATA if native else HF_METADATA, on_tensor,
                                                   NATIVE_STEM if native else HF_STEM)
         self.write_config(directory)
@@ -360,6 +361,10 @@ def convert(src, dst, source_format: Optional[str] = None, target_format: str = 
     separate projections; None keeps the source's layout where the target format has both."""
     start = time.perf_counter()
     src, dst = Path(src), Path(dst)
+    parse_size(shard_size, "--shard-size")  # a bad size is an error before anything is read
+    if dst.exists() and not dst.is_dir():
+        raise ConfigError("DST", f"{dst} is a file; the destination is a directory (it will hold the weight "
+                                 "files and config.json): give a directory path")
     source_dir = detect.weight_directory(src).resolve()
     if source_dir == dst.resolve() or dst.resolve() in source_dir.parents:
         raise ConfigError("DST", f"{dst} is or holds the source {src}; replacing it would destroy the source, "

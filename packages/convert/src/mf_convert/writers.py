@@ -24,24 +24,6 @@ def nbytes(item: Planned) -> int:
     return int(np.prod(item[2], dtype=np.int64)) * ITEMSIZE[item[1]]
 
 
-def parse_size(text) -> int:
-    """'5GB' -> 5_000_000_000 (decimal, like transformers), '2GiB' -> 2 * 2**30, '500MB', '123' bytes."""
-    if isinstance(text, int):
-        return text
-    units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-             "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
-    cleaned = str(text).strip().upper().replace(" ", "")
-    number = cleaned.rstrip("KMGTIB")
-    unit = cleaned[len(number):]
-    try:
-        value = int(float(number) * units[unit])
-    except (ValueError, KeyError):
-        raise ValueError(f"cannot read size {text!r}; write it like 5GB, 500MB or 2GiB") from None
-    if value <= 0:
-        raise ValueError(f"size {text!r} must be positive")
-    return value
-
-
 def split_into_shards(plan: Sequence[Planned], max_bytes: int) -> List[List[Planned]]:
     shards: List[List[Planned]] = [[]]
     size = 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from mfcore.tokenization.base import load_sentencepiece
 from mfcore.tokenization import ChatSegments, ChatTemplate, PreTrainedTokenizer, copy_file, require_file
 
 VOCAB_FILE = "tokenizer.model"
@@ -61,10 +62,8 @@ class LlamaTokenizer(PreTrainedTokenizer):
                  bos_token: Optional[str] = "<s>", eos_token: Optional[str] = "</s>",
                  pad_token: Optional[str] = "<unk>", add_bos_token: bool = True, add_eos_token: bool = False,
                  **kwargs):
-        import sentencepiece
-
         self.vocab_file = str(require_file(vocab_file, "vocab_file", VOCAB_FILE, type(self).__name__))
-        self.sp_model = sentencepiece.SentencePieceProcessor(model_file=self.vocab_file)
+        self.sp_model = load_sentencepiece(self.vocab_file)
         super().__init__(bos_token=bos_token, eos_token=eos_token, unk_token=unk_token, pad_token=pad_token,
                          add_bos_token=add_bos_token, add_eos_token=add_eos_token, **kwargs)
 

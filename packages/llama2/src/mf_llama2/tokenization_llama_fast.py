@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+from mfcore.tokenization.base import load_sentencepiece
 from mfcore.tokenization import copy_file, require_file
 from mfcore.tokenization.fast import PreTrainedTokenizerFast, import_tokenizers
 
@@ -27,12 +28,10 @@ def sentencepiece_to_tokenizer(model_file, bos_token: Optional[str] = "<s>", eos
       normalizer with add_dummy_prefix), applied to each text between special tokens.
     - decoder: "▁" -> " ", bytes -> text, then drop the dummy prefix's one leading space.
     """
-    import sentencepiece
-
     tokenizers = import_tokenizers()
     from tokenizers import AddedToken, decoders, models, normalizers
 
-    sp = sentencepiece.SentencePieceProcessor(model_file=str(model_file))
+    sp = load_sentencepiece(model_file)
     vocab = {sp.id_to_piece(i): i for i in range(sp.get_piece_size())}
     merges = []
     for piece, index in vocab.items():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import sys
 from typing import List, Optional
 
@@ -48,7 +49,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def run_command(parser: argparse.ArgumentParser, argv: Optional[List[str]]) -> int:
-    """Parse `argv` with `parser` and run the command; errors of ours print one line, not a traceback."""
+    """Parse `argv` with `parser` and run the command; errors of ours print one line, not a traceback
+    (exit status 2), unless MFCORE_DEBUG=1 asks for the traceback."""
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
@@ -57,10 +59,9 @@ def run_command(parser: argparse.ArgumentParser, argv: Optional[List[str]]) -> i
     args.run_command = functools.partial(run_command, parser)
     try:
         return int(args.func(args) or 0)
-    except MfcoreError as exc:
-        print(f"mfcore: error: {exc}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, FileExistsError) as exc:
+    except (MfcoreError, OSError) as exc:  # bad input, missing / unwritable files, disk full: one line
+        if os.environ.get("MFCORE_DEBUG"):
+            raise  # MFCORE_DEBUG=1 shows the traceback
         print(f"mfcore: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

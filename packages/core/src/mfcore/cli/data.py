@@ -51,6 +51,9 @@ def run_data(args) -> int:
     for flag in ("format", "input", "tokenizer", "seq_length", "output"):
         if not getattr(args, flag):
             raise ConfigError(f"--{flag.replace('_', '-')}", "is required (see `mfcore data --help`)")
+    if Path(args.output).is_dir():
+        raise ConfigError("--output", f"{args.output} is a directory; give a file name such as "
+                                      f"{Path(args.output) / 'train.mindrecord'}")
     fmt = resolve_format(args.format, args.template)
     files = expand_inputs(args.input)
     tokenizer = load_tokenizer(args.tokenizer, args.tokenizer_type)

@@ -27,6 +27,11 @@ Piece = Union[str, List[int]]
 
 
 def encode_text(tokenizer, text: str) -> List[int]:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate, e.g. "\ud800" in JSON: no tokenizer can encode it
+        raise ConfigError("text", f"holds {text[exc.start:exc.end]!r} at character {exc.start}, which is not a "
+                                  "character (a lone UTF-16 surrogate); fix or drop that record") from None
     return list(tokenizer.encode(text, add_special_tokens=False))
 
 
@@ -55,15 +60,41 @@ def document_segments(tokenizer, text: str) -> List[Segment]:
     return [(([bos] if bos is not None else []) + ids + [eos], True)]
 
 
+def _not_utf8(path: Path, line: int, exc: UnicodeDecodeError) -> ConfigError:
+    return ConfigError(f"{path}:{line}", f"is not valid UTF-8 ({exc.reason} at byte {exc.start} of the line: "
+                                         f"{exc.object[exc.start:exc.start + 4]!r}); re-encode the file as UTF-8 "
+                                         "(e.g. iconv -f latin1 -t utf-8)")
+
+
 def read_lines(path: Path) -> Iterator[str]:
-    with open(path, "r", encoding="utf-8") as handle:
-        yield from handle
+    """The lines of a UTF-8 file (universal newlines); a bad byte is an error naming the file and line."""
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise _not_utf8(path, number, exc) from None
+            yield line[:-2] + "\n" if line.endswith("\r\n") else line
+
+
+def read_text(path: Path) -> str:
+    """A whole UTF-8 file; a bad byte is an error naming the file and its line."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line_start = data.rfind(b"\n", 0, exc.start) + 1
+        line_end = data.find(b"\n", exc.start)
+        line = data[line_start:line_end if line_end >= 0 else len(data)]
+        raise _not_utf8(path, data.count(b"\n", 0, exc.start) + 1,
+                        UnicodeDecodeError("utf-8", line, exc.start - line_start, exc.end - line_start,
+                                           exc.reason)) from None
 
 
 def read_json_records(path: Path) -> Iterator[Tuple[int, Any]]:
     """(line number, object) for a .jsonl file, or (index, item) for a .json file holding a list."""
     if path.suffix == ".json":
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_text(path))
         if not isinstance(data, list):
             raise ConfigError(str(path), "a .json input must hold a list of records (use .jsonl for one per line)")
         yield from enumerate(data, start=1)
@@ -94,7 +125,7 @@ class TextFormat:
     description = "plain text files, one document per file"
 
     def records(self, path: Path) -> Iterator[Tuple[str, Any]]:
-        yield str(path), path.read_text(encoding="utf-8")
+        yield str(path), read_text(path)
 
     def segments(self, record: str, tokenizer, where: str = "") -> List[Segment]:
         return document_segments(tokenizer, record) if record.strip() else []

@@ -83,7 +83,15 @@ def read_mindrecord(path: os.PathLike, columns: Sequence[str] = COLUMNS) -> Dict
 
     parts: Dict[str, List[np.ndarray]] = {name: [] for name in columns}
     for file in mindrecord_files(path):
-        reader = FileReader(str(file), num_consumer=1)
+        if not Path(str(file) + ".db").is_file():
+            raise ConfigError(str(file), f"its index {file.name}.db is missing; a MindRecord file needs the .db "
+                                         "written beside it (copy both, or re-create them with `mfcore data`)")
+        try:
+            reader = FileReader(str(file), num_consumer=1)
+        except RuntimeError as exc:  # zero bytes, garbage, a truncated header: MindSpore's own words, one line
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(str(file), f"is not a readable MindRecord file ({reason}); re-create it with "
+                                         "`mfcore data`") from None
         try:
             for row in reader.get_next():
                 if "input_ids" not in row:

@@ -102,7 +102,13 @@ def pack_files(fmt, files: Sequence[Path], tokenizer, seq_length: int,
         bar = _progress(files, progress)
         for path in files:
             for where, record in fmt.records(path):
-                yield from packer.add(fmt.segments(record, tokenizer, where))
+                try:
+                    segments = fmt.segments(record, tokenizer, where)
+                except ConfigError as exc:
+                    if str(exc.field) != "text":
+                        raise
+                    raise ConfigError(where, str(exc)) from None  # name the file and line of the record
+                yield from packer.add(segments)
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(seqs=packer.stats.sequences, refresh=False)

@@ -32,16 +32,24 @@ TRAINING_STATE = re.compile(r"(adam_[mv]|moment[12]|accu_grads|global_step|epoch
                             r"beta[12]_power)(\.|$)")
 
 
-def parse_size(size: Union[int, str]) -> int:
-    """'5GB' / '200MB' / 1024 -> bytes."""
-    if isinstance(size, int):
-        return size
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B)?\s*", str(size), re.IGNORECASE)
-    if not match:
-        raise ConfigError("max_shard_size", f"cannot read {size!r}; write it like '5GB' or '200MB'")
-    unit = (match.group(2) or "B").upper().replace("I", "")
-    scale = {"B": 1, "KB": 10 ** 3, "MB": 10 ** 6, "GB": 10 ** 9, "TB": 10 ** 12}[unit]
-    return int(float(match.group(1)) * scale)
+_SIZE_UNITS = {"B": 1, "KB": 10 ** 3, "MB": 10 ** 6, "GB": 10 ** 9, "TB": 10 ** 12,
+               "KIB": 2 ** 10, "MIB": 2 ** 20, "GIB": 2 ** 30, "TIB": 2 ** 40}
+
+
+def parse_size(size: Union[int, str], field: str = "max_shard_size") -> int:
+    """'5GB' -> 5_000_000_000 (decimal, as transformers), '2GiB' -> 2 * 2**30, '200MB', 1024 bytes; > 0.
+
+    The one size parser of mfcore (save_pretrained's max_shard_size, `mfcore convert --shard-size`)."""
+    if isinstance(size, int) and not isinstance(size, bool):
+        value = size
+    else:
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B)?\s*", str(size), re.IGNORECASE)
+        if not match:
+            raise ConfigError(field, f"cannot read the size {size!r}; write it like 5GB, 500MB or 2GiB")
+        value = int(float(match.group(1)) * _SIZE_UNITS[(match.group(2) or "B").upper()])
+    if value <= 0:
+        raise ConfigError(field, f"the size {size!r} must be positive (e.g. 5GB)")
+    return value
 
 
 def find_weight_files(directory: Path) -> List[Path]:

@@ -460,12 +460,24 @@ class PreTrainedTokenizerBase:
         tokenizers), so the text equals the vendor's decode of the same ids.
         """
         ids = _as_id_list(ids)
+        self._check_ids(ids)
         special = self._special_id_set()
         if skip_special_tokens:
             return self._decode_plain([i for i in ids if i not in special])
         if not special.intersection(ids):
             return self._decode_plain(ids)
         return self._decode_with_special(ids, special)
+
+    def _check_ids(self, ids: List[int]) -> None:
+        """Out-of-range ids are an error naming the id (the vendors raise IndexError, or return '' silently)."""
+        if not ids:
+            return
+        low, high = min(ids), max(ids)
+        size = max(len(self), max(self._special_id_set(), default=-1) + 1)
+        if low < 0 or high >= size:
+            bad = low if low < 0 else high
+            raise ConfigError("ids", f"token id {bad} is outside the vocabulary [0, {size}) of "
+                                     f"{type(self).__name__}; were these ids made by another model's tokenizer?")
 
     def _decode_with_special(self, ids: List[int], special: set) -> str:
         out: List[str] = []
@@ -489,6 +501,8 @@ class PreTrainedTokenizerBase:
         if isinstance(sequences, np.ndarray) or hasattr(sequences, "asnumpy"):
             sequences = _as_numpy(sequences).tolist()
         sequences = [_as_id_list(s) for s in sequences]
+        for sequence in sequences:
+            self._check_ids(sequence)
         special = self._special_id_set()
         if skip_special_tokens:
             sequences = [[i for i in s if i not in special] for s in sequences]
@@ -625,6 +639,17 @@ class PreTrainedTokenizer(PreTrainedTokenizerBase):
     """Base of pure-Python tokenizers on a model file (SentencePiece, tiktoken). No offsets."""
 
     has_offsets = False
+
+
+def load_sentencepiece(path: Union[str, os.PathLike], argument: str = "vocab_file"):
+    """A SentencePieceProcessor for `path`; a file that is not a SentencePiece model is a clear error."""
+    import sentencepiece
+
+    try:
+        return sentencepiece.SentencePieceProcessor(model_file=str(path))
+    except (RuntimeError, OSError) as exc:
+        raise ConfigError(argument, f"{path} is not a SentencePiece model ({exc}); give the tokenizer.model "
+                                    "of the model, as downloaded (not a Git LFS pointer or an HTML page)") from None
 
 
 def require_file(path: Optional[Union[str, os.PathLike]], argument: str, file_name: str, cls_name: str) -> Path:

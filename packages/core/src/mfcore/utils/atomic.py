@@ -81,6 +81,11 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as exc:  # disk full, quota, read-only: say which file
+        _remove_quietly(tmp)
+        if exc.filename is None:
+            raise OSError(exc.errno, f"{exc.strerror or exc} while writing", str(path)) from exc
+        raise
     except BaseException:
         _remove_quietly(tmp)
         raise
