@@ -13,9 +13,12 @@ def add_command(subparsers) -> None:
 
 
 def cmd_run(args) -> int:
+    from mfcore.tasks.preflight import preflight
+
+    spec = preflight(args)  # every configuration problem at once, before MindSpore is imported
     from mfcore.tasks.runner import run_task  # imported here: it brings MindSpore in
 
-    return run_task(args)
+    return run_task(args, spec)
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:

@@ -23,9 +23,10 @@ from mfcore.generation.streamers import TextStreamer
 from .spec import TaskSpec, read_task
 
 
-def run_task(args) -> int:
-    """`mfcore run`: read and validate the task, set MindSpore up once, run the mode it names."""
-    spec = read_task(args)
+def run_task(args, spec: Optional[TaskSpec] = None) -> int:
+    """`mfcore run`: read and validate the task (unless given: see mfcore.tasks.preflight), set MindSpore up
+    once, run the mode it names."""
+    spec = spec or read_task(args)
     from mfcore.utils import runtime
 
     context = spec.context

@@ -7,6 +7,7 @@ become a `TaskSpec`; `run_task` sets MindSpore up and dispatches to train / fine
 """
 from __future__ import annotations
 
+import copy
 import sys
 import warnings
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import yaml
 
 from .auto_register import apply_auto_register
+from .options_check import check_options
 from mfcore.errors import ConfigError
 
 RUN_MODES = ("train", "finetune", "eval", "predict")
@@ -446,7 +448,7 @@ def _random_init_ok(preset: Optional[str]) -> bool:
 
 def training_arguments(r: TaskReader, spec: TaskSpec):
     """MindFormers' runner_config / optimizer / lr_schedule / callbacks / runner_wrapper -> TrainingArguments."""
-    from mfcore.training.trainer import TrainingArguments  # dataclass only; MindSpore is imported by trainer's module
+    from mfcore.training.arguments import TrainingArguments  # a dataclass: no MindSpore
     from mfcore.training.schedules import SCHEDULE_ALIASES
 
     epochs = r.int("runner_config.epochs", 1, minimum=1)
@@ -547,9 +549,12 @@ def read_task(args) -> TaskSpec:
     task = load_task_yaml(args.config) if getattr(args, "config", None) else {}
     for line in apply_auto_register(task, getattr(args, "register_path", None)):
         print(f"auto_register {line}", file=sys.stderr)
+    as_given = copy.deepcopy(task)
     apply_options(task, getattr(args, "options", None))
     apply_flags(task, args)
     preset = getattr(args, "model", None)
     if not task and not preset:
         raise ConfigError("--config", "give a task YAML (--config task.yaml) or a preset (--model NAME)")
-    return validate_task(task, preset)
+    spec = validate_task(task, preset)
+    check_options(as_given, task, getattr(args, "options", None), lambda copy_: validate_task(copy_, preset))
+    return spec
