@@ -6,7 +6,7 @@ import sys
 import pytest
 
 CHECK = ("import sys\nfrom mfcore.cli import main\nrc = main(sys.argv[1:])\n"
-         "heavy = sorted(m for m in ('mindspore', 'numpy', 'torch', 'fastapi', 'uvicorn') if m in sys.modules)\n"
+         "heavy = sorted(m for m in ('mindspore', 'numpy', 'torch', 'fastapi', 'uvicorn', 'lm_eval') if m in sys.modules)\n"
          "assert not heavy, f'imported {heavy}'\nsys.exit(rc)")
 
 

@@ -227,6 +227,7 @@ def test_eval_mode_reports_loss_and_perplexity(pretrained, work, capsys):
                    root / "eval.mindrecord", "--output_dir", root / "eval_out"], capsys)
     result = json.loads(out.strip().splitlines()[-1])
     assert result["eval_perplexity"] == pytest.approx(np.exp(result["eval_loss"]))
+    assert result["PerplexityMetric"] == {"loss": result["eval_loss"], "PPL": result["eval_perplexity"]}  # MindFormers' name
     final = [json.loads(x) for x in (pretrained / "metrics.jsonl").read_text().splitlines() if "eval_loss" in x][-1]
     assert result["eval_loss"] == pytest.approx(final["eval_loss"], rel=1e-5)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from typing import List, Optional, Tuple
 
+import lm_eval.models  # noqa: F401  lm-eval's own table first: it is loaded only while the registry is empty
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 from tqdm import tqdm

@@ -292,16 +292,41 @@ def run_train(spec: TaskSpec, parallel) -> int:
 # -- eval ----------------------------------------------------------------------------------------
 
 def run_eval(spec: TaskSpec) -> int:
-    from mfcore.data.mindrecord import read_mindrecord
-    from mfcore.training.trainer import Trainer
-
+    """Perplexity on eval_dataset (MindFormers' PerplexityMetric: loss and PPL), and/or the lm-eval tasks
+    named under `lm_eval:`; eval_results.json (and lm_eval_results.json) in output_dir."""
     model, source = load_model(spec, allow_random=False)
-    data = read_mindrecord(spec.eval_data)
-    result = Trainer(model, spec.training, eval_data=data).evaluate()
-    result["model"] = source
+    result = {"model": source}
+    if spec.eval_data:
+        from mfcore.data.mindrecord import read_mindrecord
+        from mfcore.training.trainer import Trainer
+
+        data = read_mindrecord(spec.eval_data)
+        result.update(Trainer(model, spec.training, eval_data=data).evaluate())
+        # MindFormers prints and returns its metric under the metric's class name
+        result["PerplexityMetric"] = {"loss": result["eval_loss"], "PPL": result["eval_perplexity"]}
+    if spec.lm_eval:
+        result["lm_eval"] = _run_lm_eval(spec, model)
     atomic_write_text(Path(spec.output_dir) / "eval_results.json", json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, sort_keys=True))
     return 0
+
+
+def _run_lm_eval(spec: TaskSpec, model) -> dict:
+    """The `lm_eval:` tasks on the task's model through the "mfcore" lm-eval backend; lm-eval's full results
+    go to output_dir/lm_eval_results.json, the per-task metrics are returned."""
+    from mfcore.evaluation.harness import evaluate_tasks, results_table, write_results
+    from mfcore.evaluation.lm_eval_backend import MfcoreLM
+
+    options = spec.lm_eval
+    lm = MfcoreLM(pretrained=model, tokenizer=load_tokenizer(spec, required=True),
+                  batch_size=options.get("batch_size"), max_length=options.get("max_length"),
+                  max_gen_toks=options.get("max_gen_toks") or 256)
+    results = evaluate_tasks(options["tasks"], lm=lm, include_path=options.get("include_path"),
+                             num_fewshot=options.get("num_fewshot"), limit=options.get("limit"),
+                             log_samples=bool(options.get("log_samples")), seed=spec.seed)
+    print(results_table(results), file=sys.stderr)
+    write_results(results, Path(spec.output_dir) / "lm_eval_results.json")
+    return results["results"]
 
 
 # -- predict -------------------------------------------------------------------------------------

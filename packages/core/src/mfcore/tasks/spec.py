@@ -35,6 +35,7 @@ KNOWN_TOP_LEVEL = {
     "merge_lora", "predict_data", "max_new_tokens", "do_sample", "tokenizer", "load_ckpt_async",
     "predict_batch_size", "temperature", "top_k", "top_p", "repetition_penalty",
     "print_separate_loss", "monitor_config", "tensorboard", "eval_callbacks",
+    "lm_eval",  # mfcore: lm-evaluation-harness tasks for run_mode eval (tasks, include_path, num_fewshot, ...)
 }
 
 # Top-level keys that change how MindFormers runs and are refused here when set to anything but their
@@ -83,7 +84,7 @@ def load_task_yaml(path: str) -> dict:
         raise FileNotFoundError(f"--config {path}: no such file")
     try:
         data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError(str(file), f"not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(str(file), "a task YAML must be a mapping at the top level")
@@ -281,6 +282,34 @@ class TaskSpec:
     arch: Optional[str] = None                # model.arch.type (checked against the config's model class)
     parallel: ParallelSpec = field(default_factory=ParallelSpec)
     training: Any = None                      # trainer.TrainingArguments (train / finetune / eval)
+    lm_eval: Optional[dict] = None            # run_mode eval: lm-eval tasks (see LM_EVAL_KEYS)
+
+
+# `lm_eval:` in a task YAML (run_mode eval): lm-evaluation-harness tasks scored on the task's model.
+LM_EVAL_KEYS = ("tasks", "include_path", "num_fewshot", "limit", "batch_size", "max_length", "max_gen_toks",
+                "log_samples")
+
+
+def _lm_eval_section(r: "TaskReader") -> Optional[dict]:
+    section = dict(r.section("lm_eval"))
+    if not section:
+        return None
+    unknown = sorted(set(section) - set(LM_EVAL_KEYS))
+    if unknown:
+        raise ConfigError(f"lm_eval.{unknown[0]}", f"unknown key; known: {', '.join(LM_EVAL_KEYS)}")
+    tasks = section.get("tasks")
+    if isinstance(tasks, str):
+        tasks = [t.strip() for t in tasks.split(",") if t.strip()]
+    if not tasks or not isinstance(tasks, list) or not all(isinstance(t, str) for t in tasks):
+        raise ConfigError("lm_eval.tasks", f"must name lm-eval tasks (a list or 'a,b'), got {section.get('tasks')!r}")
+    section["tasks"] = tasks
+    include = section.get("include_path")
+    if include is not None:
+        section["include_path"] = [include] if isinstance(include, str) else list(include)
+    for key in ("num_fewshot", "batch_size", "max_length", "max_gen_toks"):
+        if section.get(key) is not None:
+            r.int(f"lm_eval.{key}", minimum=0 if key == "num_fewshot" else 1)
+    return section
 
 
 def validate_task(task: dict, preset: Optional[str] = None) -> TaskSpec:
@@ -371,10 +400,14 @@ def validate_task(task: dict, preset: Optional[str] = None) -> TaskSpec:
             raise ConfigError("load_checkpoint", "missing; run_mode finetune starts from trained weights "
                                                  "(a directory from `mfcore convert` or an earlier run)")
     spec.do_eval = r.bool("do_eval", False)
-    if run_mode == "eval" or spec.do_eval:
+    spec.lm_eval = _lm_eval_section(r) if run_mode == "eval" else None
+    # run_mode eval scores perplexity on eval_dataset, the lm_eval tasks, or both; lm-eval tasks alone need no data
+    perplexity_data = r.raw("eval_dataset.data_loader.dataset_dir", None) is not None
+    if spec.do_eval or run_mode == "eval" and (perplexity_data or not spec.lm_eval):
         what = "run_mode eval" if run_mode == "eval" else "do_eval"
         spec.eval_data = r.str("eval_dataset.data_loader.dataset_dir",
-                               required_for=f"{what} (a MindRecord file or directory; or --eval_dataset_dir)")
+                               required_for=f"{what} (a MindRecord file or directory; or --eval_dataset_dir; "
+                                            f"or lm-eval tasks under lm_eval.tasks)")
     if run_mode == "predict":
         data = task.get("predict_data")
         if data is None:

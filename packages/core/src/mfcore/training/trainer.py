@@ -271,7 +271,10 @@ class Trainer:
         size = self.args.eval_batch_size or self.args.batch_size
         ids_all, labels_all = data["input_ids"], data["labels"]
         total_loss, total_tokens = 0.0, 0
+        bar = _progress(0, -(-len(ids_all) // size), self.args.progress and self.parallel.rank == 0, "eval", "batch")
         for begin in range(0, len(ids_all), size):  # a shorter last batch costs one more compile
+            if bar is not None:
+                bar.update(1)
             ids, labels = ids_all[begin:begin + size], labels_all[begin:begin + size]
             tokens = int((labels[:, 1:] != IGNORE_INDEX).sum())
             if tokens == 0:
@@ -279,6 +282,8 @@ class Trainer:
             loss = float(self._eval_step(Tensor(ids), Tensor(labels)).asnumpy())
             total_loss += loss * tokens
             total_tokens += tokens
+        if bar is not None:
+            bar.close()
         if total_tokens == 0:
             raise ConfigError("eval_dataset", f"no batch of {size} sequences with labels to evaluate on")
         mean = total_loss / total_tokens
@@ -397,12 +402,12 @@ def read_metrics(path: Path) -> List[dict]:
     return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def _progress(start: int, total: int, enabled: bool):
+def _progress(start: int, total: int, enabled: bool, desc: str = "training", unit: str = "step"):
     if not enabled:
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=start, desc="training", unit="step", dynamic_ncols=True)
+    return tqdm(total=total, initial=start, desc=desc, unit=unit, dynamic_ncols=True)
 
 
 def _jsonable(data):
