@@ -211,7 +211,7 @@ def load_config_dict(path: Path) -> Dict[str, Any]:
                 data = data["model"]["model_config"]
         else:
             data = json.loads(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+    except (json.JSONDecodeError, yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError(str(file), f"cannot be parsed: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(str(file), "must hold a mapping of config keys")

@@ -122,9 +122,11 @@ class Registry:
         return [self._entries[n] for n in self.names()]
 
     def entry(self, name: str) -> Entry:
+        if not isinstance(name, str):  # e.g. "model_type": 1.5 in a config.json
+            raise UnknownNameError(f"{self.kind[:-1]} name must be a string, got {name!r} ({type(name).__name__})")
         try:
             entry = self._entries[name]
-        except KeyError:
+        except (KeyError, TypeError):
             raise UnknownNameError(unknown_name_message(self.kind[:-1], name, self.names())) from None
         if name in self._conflicts and name not in self._warned:  # every command using the name says so
             self._warned.add(name)

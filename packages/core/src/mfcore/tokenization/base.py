@@ -301,6 +301,8 @@ class PreTrainedTokenizerBase:
     # -- encoding ---------------------------------------------------------------------------------
     def _encode_segments(self, texts: List[str], parse_special_tokens: bool, want_offsets: bool):
         """Encode texts without adding BOS/EOS; with parse_special_tokens, "<s>" in text is a token."""
+        for text in texts:
+            _check_encodable(text)
         if not parse_special_tokens:
             return self._encode_plain(texts, want_offsets)
         results = []
@@ -713,6 +715,18 @@ def _check_side(name: str, side: str) -> str:
 
 def _as_numpy(value):
     return value.asnumpy() if hasattr(value, "asnumpy") else np.asarray(value)
+
+
+def _check_encodable(text) -> None:
+    """A str that is not valid Unicode (a lone surrogate such as "\ud800", from JSON escapes or
+    surrogateescape decoding) is an error naming the character; the vendors raise TypeError or worse."""
+    if not isinstance(text, str):
+        raise ConfigError("text", f"must be a string, got {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ConfigError("text", f"holds {text[exc.start:exc.end]!r} at character {exc.start}, which is not a "
+                                  "character (a lone UTF-16 surrogate); fix or drop it") from None
 
 
 def _as_id_list(ids) -> List[int]:
