@@ -171,3 +171,13 @@ def test_disk_full_names_the_file_and_debug_shows_the_traceback(tmp_path, capsys
     monkeypatch.setenv("MFCORE_DEBUG", "1")
     with pytest.raises(OSError):
         main(["models"])
+
+
+def test_torch_dtype_is_the_dtype(tiny, tmp_path):
+    """from_pretrained(dir, torch_dtype="float16") (transformers' spelling) loads float16 weights."""
+    tiny.save_pretrained(tmp_path)
+    for spelling in ("float16", "torch.float16"):
+        model = mfcore.AutoModelForCausalLM.from_pretrained(str(tmp_path), torch_dtype=spelling)
+        assert model.config.param_init_type == "float16"
+        assert {str(p.dtype) for p in model.get_parameters()} >= {"Float16"}
+        assert not hasattr(model.config, "torch_dtype") or model.config.torch_dtype != spelling

@@ -105,8 +105,13 @@ class PreTrainedModel(nn.Cell):
         """Load from one of our directories, a Hugging Face directory, a checkpoint file, or a preset name.
 
         A preset with real dimensions has no bundled weights and fails at once (before allocating
-        anything); tiny presets (`random_init_ok`) are initialised randomly.
+        anything); tiny presets (`random_init_ok`) are initialised randomly. `torch_dtype=` (transformers'
+        name) is taken as `dtype=`, not as a config key that would leave the weights in float32.
         """
+        if "torch_dtype" in config_overrides:
+            torch_dtype = config_overrides.pop("torch_dtype")
+            if dtype is None and torch_dtype not in (None, "auto"):
+                dtype = str(torch_dtype).replace("torch.", "")  # torch.float16 or "float16"
         if config is not None and config_overrides:
             config = type(config).from_dict(config.to_dict(), **config_overrides)
         path = Path(name_or_path)
