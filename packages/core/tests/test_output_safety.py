@@ -79,3 +79,22 @@ def test_the_training_runner_takes_the_lock():
     from mfcore.tasks import runner
 
     assert "output_lock(spec.output_dir" in inspect.getsource(runner.run)
+
+
+def test_progress_is_line_based_off_a_terminal(monkeypatch):
+    import io
+
+    from mfcore.utils.progress import progress_bar
+
+    log = io.StringIO()  # not a terminal
+    monkeypatch.setattr(sys, "stderr", log)
+    monkeypatch.setenv("MFCORE_PROGRESS_INTERVAL", "0")
+    bar = progress_bar(total=50, desc="training", unit="step")
+    for _ in range(50):
+        bar.update(1)
+    bar.close()
+    text = log.getvalue()
+    assert "\r" not in text and text.endswith("\n")
+    lines = text.splitlines()
+    assert len(lines) >= 2 and all(line.startswith("training") for line in lines)
+    assert "50/50" in lines[-1]

@@ -392,6 +392,6 @@ def convert(src, dst, source_format: Optional[str] = None, target_format: str = 
 def _progress(total: int, desc: str, enabled: bool):
     if not enabled:
         return None
-    from tqdm import tqdm
+    from mfcore.utils.progress import progress_bar
 
-    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc)
+    return progress_bar(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc)

@@ -122,6 +122,6 @@ def pack_files(fmt, files: Sequence[Path], tokenizer, seq_length: int,
 def _progress(files, enabled):
     if not enabled:
         return None
-    from tqdm import tqdm
+    from mfcore.utils.progress import progress_bar
 
-    return tqdm(desc="tokenizing", unit=" docs", dynamic_ncols=True)
+    return progress_bar(desc="tokenizing", unit=" docs")

@@ -405,9 +405,9 @@ def read_metrics(path: Path) -> List[dict]:
 def _progress(start: int, total: int, enabled: bool, desc: str = "training", unit: str = "step"):
     if not enabled:
         return None
-    from tqdm import tqdm
+    from mfcore.utils.progress import progress_bar
 
-    return tqdm(total=total, initial=start, desc=desc, unit=unit, dynamic_ncols=True)
+    return progress_bar(total=total, initial=start, desc=desc, unit=unit)
 
 
 def _jsonable(data):
