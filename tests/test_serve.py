@@ -4,8 +4,6 @@ a free loopback port, over a tiny random Llama with the Llama 3 tokenizer. The r
 The load test checks that continuous batching changes nothing: 64 requests from 16 clients, each equal
 to the same request run alone, no slot left taken and nothing compiled while serving."""
 import json
-import socket
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -14,12 +12,12 @@ import pytest
 
 openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
-uvicorn = pytest.importorskip("uvicorn")
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 import mfcore  # noqa: E402
-from mfcore.serving.app import ServerState, attach, create_app  # noqa: E402
+from mfcore.serving.app import attach  # noqa: E402
+from serve_helpers import running_server  # noqa: E402
 
 MAX_BATCH = 8
 MAX_MODEL_LEN = 128
@@ -51,26 +49,12 @@ def served(tmp_path_factory, request):
     model = mfcore.AutoModelForCausalLM.from_pretrained(directory)
     tokenizer = mfcore.AutoTokenizer.from_pretrained(directory)
 
-    state = ServerState()
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(state), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        if server.started:
-            break
-        time.sleep(0.05)
-    loading = httpx.get(f"{base}/health")
-    assert loading.status_code == 503 and loading.json()["status"] == "loading"
-    assert httpx.post(f"{base}/v1/completions", json={"prompt": "x"}).status_code == 503
-    engine = attach(state, model, tokenizer, ["tiny"], max_batch=MAX_BATCH, max_model_len=MAX_MODEL_LEN)
-    yield base, engine, hf, tokenizer
-    server.should_exit = True
-    thread.join(timeout=10)
-    engine.stop()
+    with running_server() as (base, state):
+        loading = httpx.get(f"{base}/health")
+        assert loading.status_code == 503 and loading.json()["status"] == "loading"
+        assert httpx.post(f"{base}/v1/completions", json={"prompt": "x"}).status_code == 503
+        engine = attach(state, model, tokenizer, ["tiny"], max_batch=MAX_BATCH, max_model_len=MAX_MODEL_LEN)
+        yield base, engine, hf, tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -276,7 +260,7 @@ def test_a_client_that_goes_away_frees_its_slot(served):
 
 def test_load_64_requests_from_16_clients_equal_alone_no_leak_no_recompile(served, client, capfd):
     engine = served[1]
-    requests = [dict(prompt=PROMPTS[i % len(PROMPTS)], max_tokens=4 + (i * 7) % 13) for i in range(64)]
+    requests = [dict(prompt=PROMPTS[i % len(PROMPTS)], max_tokens=4 + i % 16) for i in range(64)]  # 16 distinct
 
     def ask(request):
         return client.completions.create(model="tiny", temperature=0, **request).choices[0]

@@ -314,7 +314,10 @@ class Engine:
         self.stats["generation_tokens"] += 1
         sequence.tokens_out += 1
         if token in params.stop_token_ids:
-            return self._finish(sequence, "stop")  # the stop token is not part of the answer
+            # Not part of the text, but its log-probability is handed out (as vLLM does): lm-eval's echo
+            # scoring reads the prompt entries as all but the last, whatever token came after them.
+            sequence.emit("token", TokenEvent(token, "", logprob, top))
+            return self._finish(sequence, "stop")
         sequence.generated.append(token)
         text = self.tokenizer.decode(sequence.generated, skip_special_tokens=True)
         stopped = False
