@@ -181,3 +181,27 @@ def test_torch_dtype_is_the_dtype(tiny, tmp_path):
         assert model.config.param_init_type == "float16"
         assert {str(p.dtype) for p in model.get_parameters()} >= {"Float16"}
         assert not hasattr(model.config, "torch_dtype") or model.config.torch_dtype != spelling
+
+
+def test_mindspore_recompile_noise_is_filtered(capfd, monkeypatch):
+    """MindSpore's "compiled again" warning (mfcore compiles per shape bucket on purpose) is hidden."""
+    import mindspore
+
+    from mfcore.utils import runtime
+
+    monkeypatch.delenv("MFCORE_DEBUG", raising=False)
+    runtime.setup()
+
+    for _ in range(3):  # a new function object at the same place each time: MindSpore warns "compiled again"
+        def plus_one(x):
+            return x + 1
+
+        mindspore.jit(plus_one)(mindspore.Tensor(np.ones(2, np.float32)))
+    assert "compiled again" not in capfd.readouterr().err
+    monkeypatch.setattr(runtime, "MINDSPORE_NOISE", ())  # the same without the filter: the warning shows
+    for _ in range(2):
+        def plus_two(x):
+            return x + 2
+
+        mindspore.jit(plus_two)(mindspore.Tensor(np.ones(2, np.float32)))
+    assert "compiled again" in capfd.readouterr().err

@@ -12,6 +12,7 @@ training step takes 1.5-3x longer and varies 2x from step to step (benchmarks/RE
 """
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import warnings
@@ -81,9 +82,37 @@ def setup(device_target: Optional[str] = None, mode: Optional[str] = None, devic
             blocking = True
         if seed is not None:
             mindspore.set_seed(int(seed))
+        quiet_mindspore_noise()
         _info = RuntimeInfo(device, mode_name, device_id if device_id is not None else
                             (_info.device_id if _info else None), blocking)
         return _info
+
+
+# MindSpore messages that tell a user nothing they can act on (mfcore compiles each graph once per
+# shape bucket on purpose; deprecations are MindSpore's own internals): hidden unless MFCORE_DEBUG=1.
+MINDSPORE_NOISE = ("has been compiled again", "is deprecated", "will be deprecated", "will be removed")
+
+
+class _DropNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(noise in message for noise in MINDSPORE_NOISE)
+
+
+def quiet_mindspore_noise() -> None:
+    """Filter MINDSPORE_NOISE from MindSpore's Python logger and its deprecation warnings (idempotent)."""
+    if os.environ.get("MFCORE_DEBUG"):
+        return
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"mindspore(\.|$)")
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"mindspore(\.|$)")
+    try:
+        from mindspore import log as ms_log
+
+        logger = ms_log._get_logger()  # private, but the one logger MindSpore's Python side writes to
+    except Exception:  # another MindSpore version: nothing to filter
+        return
+    if not any(isinstance(f, _DropNoise) for f in logger.filters):
+        logger.addFilter(_DropNoise())
 
 
 def run_graphs_host_blocking() -> None:
