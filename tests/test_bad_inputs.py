@@ -5,6 +5,7 @@ generate() of the process ("Invalid output number for flatten stub output nodes"
 good call after the bad one still returns the same tokens.
 """
 import math
+import re
 
 import numpy as np
 import pytest
@@ -205,3 +206,19 @@ def test_mindspore_recompile_noise_is_filtered(capfd, monkeypatch):
 
         mindspore.jit(plus_two)(mindspore.Tensor(np.ones(2, np.float32)))
     assert "compiled again" in capfd.readouterr().err
+
+
+def test_training_data_that_does_not_fit_the_model_is_refused_before_training(tmp_path, capsys):
+    from mfcore.data import write_mindrecord
+
+    out_of_vocab = tmp_path / "ids.mindrecord"
+    rows = [(np.full(16, 40000, np.int32), np.full(16, 40000, np.int32))] * 2
+    write_mindrecord(out_of_vocab, rows, 16)
+    too_long = tmp_path / "long.mindrecord"
+    write_mindrecord(too_long, [(np.ones(300, np.int32), np.ones(300, np.int32))] * 2, 300)
+    for data, message in ((out_of_vocab, "token id 40000 .* outside the model's vocabulary \\[0, 32000\\)"),
+                          (too_long, "sequences of 300 tokens are longer than the model's context of 256")):
+        line = _cli_error(capsys, ["run", "--model", "llama2-tiny", "--run_mode", "train", "--train_dataset_dir",
+                                   str(data), "--output_dir", str(tmp_path / "out")])
+        assert re.search(message, line) and str(data) in line, line
+    assert not (tmp_path / "out" / "checkpoint").exists()

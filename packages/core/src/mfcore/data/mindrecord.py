@@ -109,3 +109,26 @@ def read_mindrecord(path: os.PathLike, columns: Sequence[str] = COLUMNS) -> Dict
     if len(lengths) != 1:
         raise ConfigError(str(path), f"rows have different lengths {sorted(lengths)}; pack with one --seq-length")
     return {name: np.stack(arrays) for name, arrays in parts.items()}
+
+
+def check_data_fits_model(data: Dict[str, np.ndarray], where: str, config) -> None:
+    """Token ids inside the model's vocabulary and sequences inside its context, checked before training
+    starts (an id >= vocab_size crashed mid-training; a longer sequence ran past the context silently).
+    MindFormers' datasets hold seq_length + 1 tokens (the model shifts them), so that length is fine."""
+    ids = data["input_ids"]
+    vocab = getattr(config, "vocab_size", None)
+    if isinstance(vocab, int) and ids.size:
+        low, high = int(ids.min()), int(ids.max())
+        if low < 0 or high >= vocab:
+            bad = low if low < 0 else high
+            rows = np.nonzero((ids < 0) | (ids >= vocab))[0]
+            raise ConfigError(where, f"token id {bad} (sequence {int(rows[0])}, {len(np.unique(rows))} sequence(s) "
+                                     f"in all) is outside the model's vocabulary [0, {vocab}); the data was made "
+                                     "with another tokenizer: re-create it with this model's tokenizer")
+    from mfcore.generation.validation import context_length
+
+    context = context_length(config)
+    length = ids.shape[1] if ids.ndim == 2 else 0
+    if context is not None and length > context + 1:
+        raise ConfigError(where, f"sequences of {length} tokens are longer than the model's context of {context} "
+                                 f"(seq_length / max_position_embedding); pack the data with --seq-length {context}")

@@ -232,7 +232,7 @@ def load_tokenizer(spec: TaskSpec, required: bool):
 # -- train / finetune ----------------------------------------------------------------------------
 
 def run_train(spec: TaskSpec, parallel) -> int:
-    from mfcore.data.mindrecord import read_mindrecord
+    from mfcore.data.mindrecord import check_data_fits_model, read_mindrecord
     from mfcore.training.lora import LoraConfig, inject_lora, merge_lora, save_adapter
     from mfcore.training.prefix import PET_TYPES as PREFIX_TYPES, PrefixConfig, inject_prefix, save_prefix_adapter
     from mfcore.training.trainer import Trainer, check_compute_dtype
@@ -241,6 +241,9 @@ def run_train(spec: TaskSpec, parallel) -> int:
     train_data = read_mindrecord(spec.train_data)
     eval_data = read_mindrecord(spec.eval_data) if spec.eval_data else None
     model, source = load_model(spec, allow_random=spec.run_mode == "train" or spec.preset is not None)
+    check_data_fits_model(train_data, f"train_dataset {spec.train_data}", model.config)
+    if eval_data is not None:
+        check_data_fits_model(eval_data, f"eval_dataset {spec.eval_data}", model.config)
     if parallel.rank == 0:
         print(f"model: {source}; {len(train_data['input_ids'])} training sequences of "
               f"{train_data['input_ids'].shape[1]} tokens", file=sys.stderr)
