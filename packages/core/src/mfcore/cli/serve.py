@@ -28,6 +28,8 @@ def add_command(subparsers) -> None:
                         help="prompt + generated tokens per request (default: the model's seq_length, at most 2048)")
     parser.add_argument("--served-model-name", "--served_model_name", action="append",
                         help="the name clients pass as `model` (default: --model as given); repeatable")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
+                        help="weight dtype (default: the checkpoint's config; on CPU 16-bit weights compute in float32)")
     parser.add_argument("--log-level", "--log_level", default="info")
     parser.set_defaults(func=run_serve)
 
@@ -45,6 +47,8 @@ def _load(args, state) -> None:
                                       load_checkpoint=args.model if is_dir else None, tokenizer=args.tokenizer,
                                       register_path=None, run_mode="predict", predict_data=["(serve)"])
         spec = read_task(run_args)
+        if args.dtype:  # the weights' dtype, as model_config.param_init_type / compute_dtype of a task YAML
+            spec.model_config = dict(spec.model_config or {}, param_init_type=args.dtype, compute_dtype=args.dtype)
         runtime.setup(device_target=spec.context.get("device_target"), mode=spec.context.get("mode"))
         model, source = load_model(spec, allow_random=False)
         tokenizer = load_tokenizer(spec, required=True)
