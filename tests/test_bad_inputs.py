@@ -222,3 +222,21 @@ def test_training_data_that_does_not_fit_the_model_is_refused_before_training(tm
                                    str(data), "--output_dir", str(tmp_path / "out")])
         assert re.search(message, line) and str(data) in line, line
     assert not (tmp_path / "out" / "checkpoint").exists()
+
+
+def test_the_convert_advice_is_installable(capsys, monkeypatch):
+    """mf-llama2 (so mf-llama3) brings mf-convert, whose `mfcore convert` the no-weights error advises;
+    without it, `mfcore convert` says what to install instead of argparse's "invalid choice"."""
+    import tomllib
+    from pathlib import Path
+
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "packages" / "llama2" / "pyproject.toml")
+                            .read_text())
+    assert any(dep.startswith("mf-convert") for dep in project["project"]["dependencies"])
+    monkeypatch.setenv("MFCORE_PLUGINS", "llama2")
+    mfcore.reset_plugins()
+    try:
+        assert "pip install mf-convert" in _cli_error(capsys, ["convert", "a", "b"])
+    finally:
+        monkeypatch.delenv("MFCORE_PLUGINS")
+        mfcore.reset_plugins()

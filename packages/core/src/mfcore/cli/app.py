@@ -44,8 +44,24 @@ def _version() -> str:
         return "unknown"
 
 
+# Commands that first-party plugins add: without the plugin, say what to install (not "invalid choice").
+PLUGIN_COMMANDS = {"convert": "mf-convert"}
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    return run_command(build_parser(), argv)
+    parser = build_parser()
+    words = sys.argv[1:] if argv is None else argv
+    command = next((w for w in words if not w.startswith("-")), None)
+    if command in PLUGIN_COMMANDS and command not in _subcommands(parser):
+        print(f"mfcore: error: `mfcore {command}` comes from the plugin {PLUGIN_COMMANDS[command]}, which is not "
+              f"installed: `pip install {PLUGIN_COMMANDS[command]}`", file=sys.stderr)
+        return 2
+    return run_command(parser, argv)
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> set:
+    return {name for action in parser._subparsers._group_actions for name in action.choices} \
+        if parser._subparsers else set()
 
 
 def run_command(parser: argparse.ArgumentParser, argv: Optional[List[str]]) -> int:
