@@ -38,7 +38,7 @@ def test_local_completions_scores_equal_lm_eval_hf_backend(tmp_path):
                                model_args=f"pretrained={checkpoint},max_length={MAX_LENGTH},dtype=float32")
     model = mfcore.AutoModelForCausalLM.from_pretrained(checkpoint)
     tokenizer = mfcore.AutoTokenizer.from_pretrained(checkpoint)
-    with running_server(model, tokenizer, ["tiny"], max_batch=4, max_model_len=2 * MAX_LENGTH) as (base, state):
+    with running_server(model, tokenizer, ["tiny"], max_batch=2, max_model_len=2 * MAX_LENGTH) as (base, state):
         options = {"model": "tiny", "base_url": f"{base}/v1/completions", "tokenizer": str(checkpoint),
                    "tokenizer_backend": "huggingface", "batch_size": 4, "num_concurrent": 2, "max_retries": 1,
                    "timeout": 120,

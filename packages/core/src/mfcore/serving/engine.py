@@ -5,15 +5,19 @@ free slot, its prompt runs alone through a batch-1 prompt graph (bucketed length
 values are copied into its row by a small compiled graph (`_insert`), shifted so that the prompt's
 real tokens sit in columns 0..n-1. Then it decodes with every other active row, one token per step:
 each row has its own position, write column (cache_slot (B, 1, T, 1)) and visible columns
-(attention_bias (B, 1, 1, T)), so rows of different lengths share one compiled decode graph. A request
+(attention_bias (B, 1, 1, T)), so rows of different lengths share one compiled decode graph per row
+bucket (the first 1, 2, 4, ... max_batch slots: slots are taken lowest first, so one request runs a
+1-row step, not a max_batch one; all compiled at start by `warm_up`). A request
 joins between two steps (the others wait for its prompt), leaves when it stops, is cancelled or its
-client goes away, and its slot is free for the next one. Nothing recompiles while serving: the decode
-and insert graphs have one shape each, prompts one per bucket (`compiled_shapes` counts them).
+client goes away, and its slot is free for the next one. Nothing recompiles while serving: the insert
+graph has one shape, decode one per row bucket, prompts one per length bucket (`compiled_shapes` counts
+them).
 
 The next token is chosen on the host from each row's logits with the request's own settings and its
 own seeded generator (mfcore.generation.sampling, the functions `generate` uses), so a seeded request
-gives the same tokens whatever else is in the batch: every row of a step runs through the same graph
-and no row's numbers depend on another's.
+gives the same tokens whatever else is in the batch: no row's numbers depend on another's. Where the
+row bucket differs (one row runs the fused one-row kernels, several rows a matmul) the logits differ in
+the last float32 bits (~1e-6), so only an exact near-tie between two tokens could choose otherwise.
 
 Prompt log-probabilities (echo + logprobs, what lm-eval scores with) come from a third graph: the
 full forward of one prompt, log-softmax, the log-probability of each next token and the top 5.
@@ -100,7 +104,7 @@ class Engine:
     each sequence's `emit` (called on the engine thread)."""
 
     def __init__(self, model, tokenizer, max_batch: int = 8, max_model_len: Optional[int] = None,
-                 use_jit: bool = True):
+                 use_jit: bool = True, warmup: bool = True):
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch = int(max_batch)
@@ -117,6 +121,10 @@ class Engine:
         self.stats = collections.Counter()  # prompt_tokens, generation_tokens, steps, ...
         self.ttft: List[float] = []  # seconds to the first token, the latest requests (metrics)
         self.recent_tokens: collections.deque = collections.deque(maxlen=4096)  # (time, tokens) per step
+        # decode row buckets: powers of two below max_batch, then max_batch
+        self.row_buckets = [1 << i for i in range(self.max_batch.bit_length()) if 1 << i < self.max_batch]
+        self.row_buckets.append(self.max_batch)
+        self._decode_graphs: Dict[int, Callable] = {}
         self._build_graphs()
         self._caches = self._zero_caches(self.max_batch)
         # host copies of the per-row decode inputs
@@ -124,6 +132,8 @@ class Engine:
         self._positions = np.zeros((self.max_batch, 1), dtype=np.int32)
         self._visible = np.zeros((self.max_batch, self.cache_length), dtype=bool)
         self._stopping = False
+        if warmup:
+            self.warm_up()
         self.thread = threading.Thread(target=self._loop, name="mfcore-engine", daemon=True)
         self.thread.start()
 
@@ -140,8 +150,6 @@ class Engine:
         def prompt_step(input_ids, position_ids, attention_bias, cache_slot, *caches):
             return model.forward_with_cache(input_ids, position_ids, attention_bias, cache_slot, *caches)
 
-        def decode_step(input_ids, position_ids, attention_bias, cache_slot, *caches):
-            return model.forward_with_cache(input_ids, position_ids, attention_bias, cache_slot, *caches)
 
         def insert(row, order, *caches):
             """Row `row` (B, 1, 1, 1) bool of the big caches <- the batch-1 caches taken in column `order`
@@ -157,8 +165,44 @@ class Engine:
             values, indices = ops.topk(logprobs, TOP_LOGPROBS)
             return chosen, values, indices
 
-        self._prompt_step, self._decode_step = jit(prompt_step), jit(decode_step)
+        self._prompt_step = jit(prompt_step)
+        self._jit = jit
         self._insert, self._score = jit(insert), jit(score)
+
+    def _decode_graph(self, rows: int):
+        """The decode step over the first `rows` slots (a row bucket): few requests do not pay for a full
+        batch. The caches stay whole: the graph reads their first rows and writes them back in place of
+        the old ones (one copy of the cache a step, small beside the weights every step reads)."""
+        if rows not in self._decode_graphs:
+            from mindspore import mint
+
+            model, full = self.model, self.max_batch
+
+            def decode_step(input_ids, position_ids, attention_bias, cache_slot, *caches):
+                if rows == full:
+                    return model.forward_with_cache(input_ids, position_ids, attention_bias, cache_slot, *caches)
+                logits, *new = model.forward_with_cache(input_ids, position_ids, attention_bias, cache_slot,
+                                                        *(c[:rows] for c in caches))
+                return (logits,) + tuple(mint.cat((n, c[rows:]), dim=0) for n, c in zip(new, caches))
+
+            self._decode_graphs[rows] = self._jit(decode_step)
+        return self._decode_graphs[rows]
+
+    def _rows_for(self, highest_slot: int) -> int:
+        return next(b for b in self.row_buckets if b > highest_slot)
+
+    def warm_up(self) -> None:
+        """Compile every row bucket's decode graph now (a step that writes no slot), so that serving never
+        compiles one while clients wait."""
+        from mindspore import Tensor
+
+        for rows in self.row_buckets:
+            bias = np.zeros((rows, 1, 1, self.cache_length), dtype=np.float32)
+            args = (np.zeros((rows, 1), np.int32), np.zeros((rows, 1), np.int32), bias,
+                    np.zeros((rows, 1, self.cache_length, 1), dtype=bool))
+            self._note_shape("decode", *args)
+            logits, *self._caches = self._decode_graph(rows)(*(Tensor(a) for a in args), *self._caches)
+            logits.asnumpy()
 
     def _zero_caches(self, batch: int):
         from mindspore import Tensor
@@ -270,7 +314,7 @@ class Engine:
         """One token for every active row."""
         from mindspore import Tensor
 
-        slot_mask = np.zeros((self.max_batch, 1, self.cache_length, 1), dtype=bool)
+        slot_mask = np.zeros((self.max_batch, 1, self.cache_length, 1), dtype=bool)  # sliced to the row bucket
         active = [s for s in self.slots if s is not None]
         for sequence in active:
             row = sequence.slot
@@ -278,13 +322,14 @@ class Engine:
             self._positions[row, 0] = sequence.position
             slot_mask[row, 0, sequence.column, 0] = True
             self._visible[row, sequence.column] = True
+        rows = self._rows_for(max(s.slot for s in active))
         # Idle rows attend to column 0 only (finite, never read) and write nowhere.
-        visible = self._visible.copy()
-        visible[[s is None for s in self.slots], 0] = True
+        visible = self._visible[:rows].copy()
+        visible[[s is None for s in self.slots[:rows]], 0] = True
         bias = np.where(visible, 0.0, -1e9).astype(np.float32)[:, None, None, :]
-        self._note_shape("decode", self._ids, self._positions, bias, slot_mask)
-        logits, *self._caches = self._decode_step(Tensor(self._ids), Tensor(self._positions), Tensor(bias),
-                                                  Tensor(slot_mask), *self._caches)
+        args = (self._ids[:rows], self._positions[:rows], bias, slot_mask[:rows])
+        self._note_shape("decode", *args)
+        logits, *self._caches = self._decode_graph(rows)(*(Tensor(a) for a in args), *self._caches)
         logits = logits.asnumpy()
         self.stats["steps"] += 1
         self.recent_tokens.append((time.monotonic(), len(active)))
