@@ -240,3 +240,19 @@ def test_the_convert_advice_is_installable(capsys, monkeypatch):
     finally:
         monkeypatch.delenv("MFCORE_PLUGINS")
         mfcore.reset_plugins()
+
+
+def test_the_tiny_preset_and_the_readme_snippet_run_from_a_clean_clone(tiny, tmp_path, monkeypatch):
+    """llama2-tiny's tokenizer is one mfcore makes itself (built on first use in $MFCORE_HOME): the README's
+    Python snippet runs with it, no download."""
+    monkeypatch.setenv("MFCORE_HOME", str(tmp_path / "home"))
+    tokenizer = mfcore.AutoTokenizer.from_pretrained("llama2-tiny")
+    assert len(tokenizer) == tiny.config.vocab_size == 32000
+    assert (tmp_path / "home" / "tokenizers" / "llama2-tiny" / "tokenizer.model").is_file()
+    text = "Anna saw a red cat. Ünïcödé 😀"
+    assert tokenizer.decode(tokenizer.encode(text), skip_special_tokens=True) == text  # byte fallback
+    ids = tokenizer.encode("Anna saw")
+    out = tiny.generate([ids], max_new_tokens=4, eos_token_id=None)
+    assert isinstance(tokenizer.decode(out[0]), str) and len(out[0]) == len(ids) + 4
+    tokenizer.save_pretrained(tmp_path / "tok")
+    assert mfcore.AutoTokenizer.from_pretrained(str(tmp_path / "tok")).encode(text) == tokenizer.encode(text)

@@ -137,6 +137,9 @@ class AutoTokenizer:
             raise ConfigError(f"preset {preset.name}", "has no tokenizer; pass a directory holding tokenizer files")
         spec = {"type": preset.tokenizer} if isinstance(preset.tokenizer, str) else dict(preset.tokenizer)
         tokenizer_cls = cls.tokenizer_class(spec.pop("type"), use_fast)
+        for key in list(spec):
+            if callable(spec[key]) and key not in kwargs:  # a file the preset builds on first use
+                spec[key] = spec[key]()
         spec.update(kwargs)
         files = getattr(tokenizer_cls, "vocab_files_names", {})
         if files and not any(spec.get(attr) for attr in files):
