@@ -132,3 +132,9 @@ def check_data_fits_model(data: Dict[str, np.ndarray], where: str, config) -> No
     if context is not None and length > context + 1:
         raise ConfigError(where, f"sequences of {length} tokens are longer than the model's context of {context} "
                                  f"(seq_length / max_position_embedding); pack the data with --seq-length {context}")
+    seq_length = getattr(config, "seq_length", None)
+    if isinstance(seq_length, int) and length not in (seq_length, seq_length + 1):
+        import sys
+
+        print(f"note: {where}: sequences of {length} tokens, the model's seq_length is {seq_length}; training "
+              f"runs on {length}-token sequences", file=sys.stderr)
