@@ -62,6 +62,11 @@ def client(served):
     return openai.OpenAI(base_url=served[0] + "/v1", api_key="none", max_retries=0, timeout=120)
 
 
+def rss_mb() -> float:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS")) / 1024
+
+
 def hf_greedy(hf, ids, max_new_tokens):
     with torch.no_grad():
         out = hf.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
@@ -272,6 +277,7 @@ def test_load_64_requests_from_16_clients_equal_alone_no_leak_no_recompile(serve
             alone[key] = ask(request).text
     shapes = {name: set(s) for name, s in engine.compiled_shapes.items()}
     capfd.readouterr()
+    memory = rss_mb()
     steps = engine.stats["steps"]
     started = time.monotonic()
     with ThreadPoolExecutor(16) as pool:
@@ -284,7 +290,10 @@ def test_load_64_requests_from_16_clients_equal_alone_no_leak_no_recompile(serve
     assert engine.running == 0 and engine.queue_length == 0 and all(s is None for s in engine.slots)
     assert {name: set(s) for name, s in engine.compiled_shapes.items()} == shapes  # no new shape: no compile
     assert "compiled again" not in capfd.readouterr().err
+    grown = rss_mb() - memory
+    assert grown < 150, f"the process grew by {grown:.0f} MB over the load test"
     # batching happened: far fewer decode steps than tokens
     tokens = sum(r["max_tokens"] for r in requests)
     assert engine.stats["steps"] - steps < tokens / 3
-    print(f"load: 64 requests, 16 clients, {took:.1f} s, {engine.stats['steps'] - steps} steps for {tokens} tokens")
+    print(f"load: 64 requests, 16 clients, {took:.1f} s, {engine.stats['steps'] - steps} steps for {tokens} tokens, "
+          f"RSS {grown:+.0f} MB")
