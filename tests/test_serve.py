@@ -21,9 +21,10 @@ from serve_helpers import running_server  # noqa: E402
 
 MAX_BATCH = 4  # decode row buckets 1, 2, 4: each compiles at start
 MAX_MODEL_LEN = 128
+CHUNK = 32  # prompts over 32 tokens prefill in chunks (one of PROMPTS does)
 STOPS = [128001, 128008, 128009]  # the Llama 3 tokenizer's stop tokens (as the server reads them)
 PROMPTS = ["Hello world", "Once upon a time", "The capital of France is", "def f(x):\n    return",
-           "1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17", "A", "Numbers: 3.14159, 2.71828 and",
+           "1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17", "Over 32 tokens: " + " ".join(f"w{i}" for i in range(20)), "Numbers: 3.14159, 2.71828 and",
            "Le chat est sur la table, et le chien"]
 
 
@@ -53,7 +54,8 @@ def served(tmp_path_factory, request):
         loading = httpx.get(f"{base}/health")
         assert loading.status_code == 503 and loading.json()["status"] == "loading"
         assert httpx.post(f"{base}/v1/completions", json={"prompt": "x"}).status_code == 503
-        engine = attach(state, model, tokenizer, ["tiny"], max_batch=MAX_BATCH, max_model_len=MAX_MODEL_LEN)
+        engine = attach(state, model, tokenizer, ["tiny"], max_batch=MAX_BATCH, max_model_len=MAX_MODEL_LEN,
+                        prefill_chunk_size=CHUNK)
         yield base, engine, hf, tokenizer
 
 
@@ -79,14 +81,16 @@ def hf_greedy(hf, ids, max_new_tokens):
 
 def test_completions_greedy_match_transformers(served, client):
     _, _, hf, tokenizer = served
-    result = client.completions.create(model="tiny", prompt=PROMPTS[:3], max_tokens=10, temperature=0)
-    assert [c.index for c in result.choices] == [0, 1, 2]
-    for prompt, choice in zip(PROMPTS[:3], result.choices):
+    prompts = PROMPTS[:3] + PROMPTS[5:6]  # the last one prefills in two chunks
+    assert len(tokenizer.encode(PROMPTS[5])) > CHUNK
+    result = client.completions.create(model="tiny", prompt=prompts, max_tokens=10, temperature=0)
+    assert [c.index for c in result.choices] == [0, 1, 2, 3]
+    for prompt, choice in zip(prompts, result.choices):
         ids = tokenizer.encode(prompt)
         assert choice.text == tokenizer.decode(hf_greedy(hf, ids, 10), skip_special_tokens=True)
         assert choice.finish_reason == "length"
-    assert result.usage.prompt_tokens == sum(len(tokenizer.encode(p)) for p in PROMPTS[:3])
-    assert result.usage.completion_tokens == 30
+    assert result.usage.prompt_tokens == sum(len(tokenizer.encode(p)) for p in prompts)
+    assert result.usage.completion_tokens == 40
     # Token ids in, the same text out.
     ids = tokenizer.encode(PROMPTS[1])
     by_ids = client.completions.create(model="tiny", prompt=ids, max_tokens=10, temperature=0)

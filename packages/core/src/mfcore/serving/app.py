@@ -285,12 +285,12 @@ def _sse(body) -> str:
     return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
 
-def attach(state: ServerState, model, tokenizer, names: List[str], max_batch: int = 8,
-           max_model_len: Optional[int] = None, use_jit: bool = True):
-    """Start the engine for a loaded model and make the server ready (called from the loading thread)."""
+def attach(state: ServerState, model, tokenizer, names: List[str], **engine_options):
+    """Start the engine for a loaded model (Engine's options) and make the server ready (called from the
+    loading thread)."""
     from .engine import Engine
 
-    engine = Engine(model, tokenizer, max_batch=max_batch, max_model_len=max_model_len, use_jit=use_jit)
+    engine = Engine(model, tokenizer, **engine_options)
     stops = getattr(tokenizer, "stop_token_ids", None) or [tokenizer.eos_token_id]
     state.served = ServedModel(names=list(names), tokenizer=tokenizer, vocab_size=engine.vocab_size,
                                max_model_len=engine.max_model_len, stop_token_ids=[int(i) for i in stops if i is not None])

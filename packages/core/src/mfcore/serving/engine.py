@@ -33,7 +33,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from mfcore.generation.config import GenerationConfig
-from mfcore.generation.decoding import bucket_length
+from mfcore.generation.decoding import bucket_length, prefill_chunk
 from mfcore.generation.sampling import next_tokens
 
 TOP_LOGPROBS = 5  # the most alternatives per token the API returns (OpenAI's limit for completions)
@@ -104,7 +104,7 @@ class Engine:
     each sequence's `emit` (called on the engine thread)."""
 
     def __init__(self, model, tokenizer, max_batch: int = 8, max_model_len: Optional[int] = None,
-                 use_jit: bool = True, warmup: bool = True):
+                 use_jit: bool = True, warmup: bool = True, prefill_chunk_size: Optional[int] = None):
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch = int(max_batch)
@@ -113,6 +113,7 @@ class Engine:
         self.cache_length = -(-self.max_model_len // 16) * 16
         self.vocab_size = int(model.config.vocab_size)
         self.use_jit = use_jit
+        self.prefill_chunk_size = prefill_chunk_size  # None: generate's default for the model
         self.pad_id = int(model.generation_config.pad_token_id or 0)
         self.slots: List[Optional[Sequence_]] = [None] * self.max_batch
         self.pending: collections.deque = collections.deque()
@@ -293,10 +294,16 @@ class Engine:
         ids = np.full((1, width), self.pad_id, dtype=np.int64)
         mask = np.zeros((1, width), dtype=np.int64)
         ids[0, width - n:], mask[0, width - n:] = prompt, 1
-        inputs = self.model.prepare_inputs_for_generation(ids, mask, self.cache_length, 0)
-        arrays = [inputs[k] for k in ("input_ids", "position_ids", "attention_bias", "cache_slot")]
-        self._note_shape("prompt", *arrays)
-        logits, *small = self._prompt_step(*(Tensor(a) for a in arrays), *self._zero_caches(1))
+        # A long prompt goes through in chunks (generate's rule): MindSpore keeps a compiled graph's buffers
+        # for the process's life, so a chunk's graph holds a chunk's worth, whatever the prompt length.
+        chunk = prefill_chunk(self.model, GenerationConfig(prefill_chunk_size=self.prefill_chunk_size), width)
+        small = self._zero_caches(1)
+        for start in range(0, width, chunk):
+            inputs = self.model.prepare_inputs_for_generation(ids[:, start:start + chunk], mask, self.cache_length,
+                                                              start)
+            arrays = [inputs[k] for k in ("input_ids", "position_ids", "attention_bias", "cache_slot")]
+            self._note_shape("prompt", *arrays)
+            logits, *small = self._prompt_step(*(Tensor(a) for a in arrays), *small)
         slot = self.slots.index(None)
         row = np.zeros((self.max_batch, 1, 1, 1), dtype=bool)
         row[slot] = True
