@@ -301,3 +301,41 @@ def test_load_64_requests_from_16_clients_equal_alone_no_leak_no_recompile(serve
     assert engine.stats["steps"] - steps < tokens / 3
     print(f"load: 64 requests, 16 clients, {took:.1f} s, {engine.stats['steps'] - steps} steps for {tokens} tokens, "
           f"RSS {grown:+.0f} MB")
+
+
+def test_the_command_serves_a_directory_and_exits_2_when_loading_fails(served, tmp_path, capsys):
+    """`mfcore serve` itself, as a process: a model directory served to the openai client; a model that
+    cannot load prints why and exits with 2."""
+    import socket
+    import subprocess
+    import sys
+
+    _, engine, hf, tokenizer = served
+    directory = tmp_path / "model"
+    engine.model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen([sys.executable, "-m", "mfcore", "serve", "--model", str(directory), "--port",
+                                str(port), "--max-batch", "1", "--max-model-len", "64", "--served-model-name", "m",
+                                "--log-level", "warning"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                assert process.poll() is None, process.stdout.read()
+            time.sleep(0.3)
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
+        text = client.completions.create(model="m", prompt=PROMPTS[0], max_tokens=5, temperature=0).choices[0].text
+        assert text == tokenizer.decode(hf_greedy(hf, tokenizer.encode(PROMPTS[0]), 5), skip_special_tokens=True)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    from mfcore.cli import main  # the same command in this process: loading fails, it stops and says why
+
+    assert main(["serve", "--model", str(tmp_path / "missing"), "--port", str(port), "--log-level", "warning"]) == 2
+    assert "mfcore serve: error:" in capsys.readouterr().err

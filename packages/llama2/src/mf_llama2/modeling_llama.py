@@ -453,6 +453,7 @@ class LlamaForCausalLM(PreTrainedModel):
     """Llama causal LM (MindFormers' LlamaForCausalLM inputs; Hugging Face's numbers)."""
 
     config_class = LlamaConfig
+    supports_gather_index = True  # construct(gather_index=) (mfcore.generation.scoring)
     supports_chunked_prefill = True
 
     def __init__(self, config: LlamaConfig, init_weights: bool = True):
@@ -549,6 +550,8 @@ class LlamaForCausalLM(PreTrainedModel):
         labels have the shape of input_ids and are shifted inside (position t predicts t+1), tokens
         labelled -100 are ignored; `loss_mask` (same shape, 1 = count) weights the tokens further, and
         alone it means labels = input_ids. `attention_mask` (B, S), 1 for real tokens, hides padding.
+        `gather_index` (B, K) int32 positions: logits (B, K, vocab) of those positions only (the output head
+        and its log-softmax are most of a scoring pass's memory at a large vocabulary).
         The inputs MindFormers uses for its paged-attention inference (init_reset, block_tables, ...)
         are accepted for compatibility and not used: generation goes through forward_with_cache.
         """
@@ -570,6 +573,9 @@ class LlamaForCausalLM(PreTrainedModel):
             bias = self.with_prefix_columns(bias)
         for i, layer in enumerate(self.model.layers):
             hidden = layer(hidden, cos, sin, self.model.rotate, bias, prefixes[i])
+        if gather_index is not None:  # (B, K) positions: only their logits (scoring needs a continuation's)
+            index = gather_index.expand_dims(-1)
+            hidden = mint.gather(hidden, 1, ops.broadcast_to(index, index.shape[:2] + (hidden.shape[-1],)))
         logits = self.logits(hidden)
         if labels is None and loss_mask is None:
             return logits

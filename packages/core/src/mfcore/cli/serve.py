@@ -1,6 +1,7 @@
 """`mfcore serve --model PRESET|DIR`: an OpenAI-compatible HTTP server (extra `mfcore[serve]`).
 
-The server answers at once (GET /health says 503 while the model loads in a background thread), then
+The server answers at once (GET /health says 503 while the model loads in a background thread; if
+loading fails, the error is printed and the command exits with 2), then
 serves /v1/completions, /v1/chat/completions, /v1/models, /tokenize, /detokenize and /metrics with
 continuous batching over --max-batch slots (mfcore.serving). FastAPI and uvicorn are imported only here,
 when the command runs.
@@ -34,8 +35,8 @@ def add_command(subparsers) -> None:
     parser.set_defaults(func=run_serve)
 
 
-def _load(args, state) -> None:
-    """In the background: model, tokenizer, engine; the server turns ready (or reports why not)."""
+def _load(args, state, server) -> None:
+    """In the background: model, tokenizer, engine; the server turns ready, or says why not and stops."""
     try:
         from mfcore.serving.app import attach
         from mfcore.tasks.runner import load_model, load_tokenizer
@@ -55,9 +56,10 @@ def _load(args, state) -> None:
         attach(state, model, tokenizer, args.served_model_name or [args.model], max_batch=args.max_batch,
                max_model_len=args.max_model_len)
         print(f"mfcore serve: {source} ready at http://{args.host}:{args.port}/v1", file=sys.stderr)
-    except Exception as exc:  # the server stays up and says why in /health
+    except Exception as exc:  # /health says why until the server has stopped; the command exits with 2
         state.error = f"{type(exc).__name__}: {exc}"
         print(f"mfcore serve: error: {state.error}", file=sys.stderr)
+        server.should_exit = True
 
 
 def run_serve(args) -> int:
@@ -69,8 +71,10 @@ def run_serve(args) -> int:
     except ImportError as exc:
         raise ConfigError("mfcore serve", f"needs FastAPI and uvicorn ({exc}): pip install 'mfcore[serve]'") from exc
     state = ServerState()
-    threading.Thread(target=_load, args=(args, state), name="mfcore-load", daemon=True).start()
-    uvicorn.run(create_app(state), host=args.host, port=args.port, log_level=args.log_level)
+    server = uvicorn.Server(uvicorn.Config(create_app(state), host=args.host, port=args.port,
+                                           log_level=args.log_level))
+    threading.Thread(target=_load, args=(args, state, server), name="mfcore-load", daemon=True).start()
+    server.run()
     if state.engine is not None:
         state.engine.stop()
-    return 0
+    return 2 if state.error else 0
