@@ -269,3 +269,15 @@ def test_the_tiny_preset_and_the_readme_snippet_run_from_a_clean_clone(tiny, tmp
     assert isinstance(tokenizer.decode(out[0]), str) and len(out[0]) == len(ids) + 4
     tokenizer.save_pretrained(tmp_path / "tok")
     assert mfcore.AutoTokenizer.from_pretrained(str(tmp_path / "tok")).encode(text) == tokenizer.encode(text)
+
+
+def test_a_bare_tokenizer_file_is_read_by_the_class_that_can(testdata, tmp_path):
+    """--tokenizer path/to/tokenizer.model (no tokenizer_config.json beside it) was refused; now the registered
+    classes that read such a file are tried: SentencePiece and tiktoken files each pick their own."""
+    for family, class_name, expected in (("llama2", "LlamaTokenizer", [1, 15043, 3186]),
+                                         ("llama3", "Llama3Tokenizer", [128000, 9906, 1917])):
+        tokenizer = mfcore.AutoTokenizer.from_pretrained(str(testdata / family / "tokenizer.model"))
+        assert type(tokenizer).__name__ == class_name and tokenizer.encode("Hello world") == expected
+    (tmp_path / "tokenizer.model").write_bytes(b"not a tokenizer")
+    with pytest.raises(ConfigError, match="no installed tokenizer reads this file"):
+        mfcore.AutoTokenizer.from_pretrained(str(tmp_path / "tokenizer.model"))

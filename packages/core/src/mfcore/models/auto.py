@@ -122,6 +122,8 @@ class AutoTokenizer:
         if installed is not None and (installed / "tokenizer_config.json").exists():
             name_or_path = installed
         path = Path(name_or_path)
+        if path.is_file() and not (path.parent / "tokenizer_config.json").exists():
+            return _tokenizer_for_bare_file(path, **kwargs)
         if path.exists():
             directory = path if path.is_dir() else path.parent
             name = _tokenizer_class_in_directory(directory)
@@ -151,6 +153,31 @@ class AutoTokenizer:
                 f"or put {next(iter(files.values()))} in a directory and load that directory (a Hugging Face "
                 f"model directory works; save_pretrained writes one)")
         return tokenizer_cls(**spec)
+
+
+def _tokenizer_for_bare_file(path: Path, **kwargs):
+    """A model file alone (--tokenizer tokenizer.model): the registered slow tokenizer classes that read a
+    file of this name are tried in turn (SentencePiece and tiktoken files cannot be mistaken for each
+    other: each refuses the other's); the first that loads it wins."""
+    from mfcore.errors import MfcoreError
+
+    tried = []
+    for entry in get_plugins().tokenizers.entries():
+        if entry.name.endswith("Fast"):
+            continue
+        try:
+            tokenizer_cls = entry.load()
+        except MfcoreError:
+            continue
+        for attr, file_name in getattr(tokenizer_cls, "vocab_files_names", {}).items():
+            if file_name == path.name or path.suffix == Path(file_name).suffix:
+                tried.append(entry.name)
+                try:
+                    return tokenizer_cls(**{attr: str(path)}, **kwargs)
+                except Exception:  # not this family's file: try the next class
+                    break
+    raise ConfigError(str(path), f"no installed tokenizer reads this file (tried: {', '.join(tried) or 'none'}); "
+                                 "pass a directory holding tokenizer_config.json (tokenizer.save_pretrained writes one)")
 
 
 def _has_files(tokenizer_cls, directory: Path) -> bool:
