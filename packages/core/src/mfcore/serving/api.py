@@ -74,7 +74,7 @@ def _number(body, name, default, low=None, high=None, integer=False):
     return value
 
 
-def _flag(body, name, default=False) -> bool:
+def flag(body, name, default=False) -> bool:
     value = body.get(name, default)
     if value is None:
         return default
@@ -122,13 +122,13 @@ def _stops(body) -> List[str]:
     return [s for s in stops if s]
 
 
-def _sampling(body, served: ServedModel, max_tokens: int, chat: bool) -> SamplingParams:
+def _sampling(body, served: ServedModel, max_tokens: int) -> SamplingParams:
     temperature = _number(body, "temperature", 1.0, 0.0, 2.0)
     top_k = _number(body, "top_k", 0, -1, None, integer=True)
     seed = _number(body, "seed", None, integer=True)
     if seed is not None and not 0 <= seed < 2 ** 63:
         raise BadRequest(f"seed must be a non-negative 64-bit integer, got {seed}", "seed")
-    ignore_eos = _flag(body, "ignore_eos")
+    ignore_eos = flag(body, "ignore_eos")
     return SamplingParams(
         max_tokens=max_tokens, temperature=float(temperature),
         top_p=float(_number(body, "top_p", 1.0, 0.0, 1.0)) or 1e-9,
@@ -136,7 +136,7 @@ def _sampling(body, served: ServedModel, max_tokens: int, chat: bool) -> Samplin
         seed=seed, stop=_stops(body), stop_token_ids=[] if ignore_eos else list(served.stop_token_ids))
 
 
-def _check_ids(ids: Sequence[int], served: ServedModel, param: str) -> List[int]:
+def check_ids(ids: Sequence[int], served: ServedModel, param: str) -> List[int]:
     if not ids:
         raise BadRequest("the prompt is empty", param)
     for token in ids:
@@ -155,11 +155,11 @@ def _prompts(body, served: ServedModel):
         prompt = [prompt]
     if isinstance(prompt, list) and prompt:
         if all(isinstance(p, str) for p in prompt):
-            return [_check_ids(tokenizer.encode(p), served, "prompt") for p in prompt], prompt
+            return [check_ids(tokenizer.encode(p), served, "prompt") for p in prompt], prompt
         if all(isinstance(p, int) and not isinstance(p, bool) for p in prompt):
-            return [_check_ids(prompt, served, "prompt")], None
+            return [check_ids(prompt, served, "prompt")], None
         if all(isinstance(p, list) for p in prompt):
-            return [_check_ids(p, served, "prompt") for p in prompt], None
+            return [check_ids(p, served, "prompt") for p in prompt], None
     raise BadRequest("prompt must be a string, a list of strings, a list of token ids or a list of lists of "
                      "token ids", "prompt")
 
@@ -174,7 +174,7 @@ def _check_length(prompts: List[List[int]], max_tokens: int, served: ServedModel
 
 
 def _streaming(body):
-    stream = _flag(body, "stream")
+    stream = flag(body, "stream")
     options = body.get("stream_options") or {}
     if not isinstance(options, dict):
         raise BadRequest("stream_options must be an object", "stream_options")
@@ -192,7 +192,7 @@ def parse_completion(body: Any, served: ServedModel) -> Plan:
     best_of = body.get("best_of")
     if best_of is not None and best_of != n:
         raise BadRequest("best_of other than n is not supported by mfcore serve", "best_of")
-    echo = _flag(body, "echo")
+    echo = flag(body, "echo")
     logprobs = _number(body, "logprobs", None, 0, TOP_LOGPROBS, integer=True)
     stream, include_usage = _streaming(body)
     if max_tokens == 0 and not echo:
@@ -200,7 +200,7 @@ def parse_completion(body: Any, served: ServedModel) -> Plan:
     if stream and echo:
         raise BadRequest("echo is not supported with stream: true", "echo")
     _check_length(prompts, max_tokens, served)
-    params = _sampling(body, served, max_tokens, chat=False)
+    params = _sampling(body, served, max_tokens)
     params.logprobs = logprobs
     params.prompt_logprobs = echo and logprobs is not None
     return Plan(prompts, n, params, stream, include_usage, echo, model, prompt_texts=texts)
@@ -243,20 +243,20 @@ def parse_chat(body: Any, served: ServedModel) -> Plan:
         raise BadRequest("the request body must be a JSON object")
     _refuse_unsupported(body)
     model = _model_name(body, served)
-    prompt = _check_ids(chat_prompt(body.get("messages"), served), served, "messages")
+    prompt = check_ids(chat_prompt(body.get("messages"), served), served, "messages")
     limit = body.get("max_completion_tokens", body.get("max_tokens"))
     name = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
     max_tokens = _number({name: limit}, name, None, 1, None, integer=True)
     if max_tokens is None:
         max_tokens = max(1, served.max_model_len - len(prompt))
     n = _number(body, "n", 1, 1, MAX_N, integer=True)
-    logprobs = _flag(body, "logprobs")
+    logprobs = flag(body, "logprobs")
     top = _number(body, "top_logprobs", None, 0, MAX_CHAT_TOP_LOGPROBS, integer=True)
     if top is not None and not logprobs:
         raise BadRequest("top_logprobs needs logprobs: true", "top_logprobs")
     stream, include_usage = _streaming(body)
     _check_length([prompt], max_tokens, served)
-    params = _sampling(body, served, max_tokens, chat=True)
+    params = _sampling(body, served, max_tokens)
     params.logprobs = (top or 0) if logprobs else None
     return Plan([prompt], n, params, stream, include_usage, False, model, chat=True)
 
@@ -276,10 +276,10 @@ def token_text(tokenizer, token: int) -> str:
     return tokenizer.decode([token])
 
 
-def completion_logprobs(tokenizer, entries, start_offset: int = 0) -> Dict[str, Any]:
+def completion_logprobs(tokenizer, entries) -> Dict[str, Any]:
     """OpenAI's completions logprobs from [(token id, logprob or None, [(id, logprob)] or None)]."""
     tokens, token_logprobs, top_logprobs, offsets = [], [], [], []
-    offset = start_offset
+    offset = 0
     for token, logprob, top in entries:
         text = token_text(tokenizer, token)
         tokens.append(text)

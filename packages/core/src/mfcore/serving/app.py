@@ -44,10 +44,14 @@ class ClientGone(Exception):
 def create_app(state: ServerState) -> FastAPI:
     app = FastAPI(title="mfcore serve", docs_url=None, redoc_url=None)
 
+    routes = {"/health", "/metrics", "/v1/models", "/v1/completions", "/v1/chat/completions", "/tokenize",
+              "/detokenize"}
+
     @app.middleware("http")
     async def count_requests(request: Request, call_next):
         response = await call_next(request)
-        state.metrics.count(request.url.path, response.status_code)
+        path = request.url.path
+        state.metrics.count(path if path in routes else "other", response.status_code)  # bounded label values
         return response
 
     @app.exception_handler(BadRequest)
@@ -109,7 +113,7 @@ def create_app(state: ServerState) -> FastAPI:
         if "messages" in body:
             ids = api.chat_prompt(body["messages"], served)
         elif isinstance(body.get("prompt"), str):
-            ids = served.tokenizer.encode(body["prompt"], add_special_tokens=api._flag(body, "add_special_tokens",
+            ids = served.tokenizer.encode(body["prompt"], add_special_tokens=api.flag(body, "add_special_tokens",
                                                                                        True))
         else:
             raise BadRequest("give prompt (a string) or messages", "prompt")
@@ -122,7 +126,7 @@ def create_app(state: ServerState) -> FastAPI:
         if not isinstance(tokens, list):
             raise BadRequest("tokens must be a list of token ids", "tokens")
         if tokens:
-            api._check_ids(tokens, served, "tokens")
+            api.check_ids(tokens, served, "tokens")
         return {"prompt": served.tokenizer.decode(tokens)}
 
     # -- generation ------------------------------------------------------------------------------
