@@ -281,3 +281,14 @@ def test_a_bare_tokenizer_file_is_read_by_the_class_that_can(testdata, tmp_path)
     (tmp_path / "tokenizer.model").write_bytes(b"not a tokenizer")
     with pytest.raises(ConfigError, match="no installed tokenizer reads this file"):
         mfcore.AutoTokenizer.from_pretrained(str(tmp_path / "tokenizer.model"))
+
+
+def test_the_llama3_tiny_tokenizer_is_made_on_first_use(tmp_path, monkeypatch):
+    monkeypatch.setenv("MFCORE_HOME", str(tmp_path))
+    tokenizer = mfcore.AutoTokenizer.from_pretrained("llama3-tiny")
+    assert len(tokenizer) == 128256 and tokenizer.stop_token_ids == [128001, 128009]
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True)
+    assert ids[:2] == [128000, 128006] and ids[-4:-2] == [116, 128007]  # ...assistant<|end_header_id|>\n\n
+    text = "Hello wörld 😀"
+    assert tokenizer.encode(text, add_special_tokens=False) == list(text.encode("utf-8"))  # one token a byte
+    assert tokenizer.decode(tokenizer.encode(text), skip_special_tokens=True) == text
