@@ -339,3 +339,12 @@ def test_the_command_serves_a_directory_and_exits_2_when_loading_fails(served, t
 
     assert main(["serve", "--model", str(tmp_path / "missing"), "--port", str(port), "--log-level", "warning"]) == 2
     assert "mfcore serve: error:" in capsys.readouterr().err
+
+
+def test_held_back_text_is_what_could_still_begin_a_stop_string():
+    from mfcore.serving.engine import _held_back
+
+    assert _held_back("hello wor", ["world"]) == 3  # "wor" may become "world"
+    assert _held_back("hello", ["xyz", "lo!"]) == 2
+    assert _held_back("hello", ["abc"]) == 0 and _held_back("hello", []) == 0
+    assert _held_back("caf\ufffd", ["abc"]) == 1  # an unfinished UTF-8 character waits for its next byte
