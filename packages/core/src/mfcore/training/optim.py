@@ -80,7 +80,13 @@ class AdamW(nn.Cell):
             value = ops.select(apply, value, param)
         ops.assign(m, m_new)
         ops.assign(v, v_new)
-        ops.assign(param, value)
+        if param.dtype == ms.bfloat16:  # MindSpore's CPU Assign has no bfloat16 kernel; InplaceCopy has
+            _INPLACE_COPY(param, value)
+        else:
+            ops.assign(param, value)
+
+
+_INPLACE_COPY = ops.auto_generate.InplaceCopy()
 
 
 def fp32_state(params: Sequence[Parameter], prefix: str) -> ParameterTuple:
