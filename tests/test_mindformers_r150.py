@@ -230,15 +230,7 @@ def work(tmp_path_factory):
     return tmp_path_factory.mktemp("r150")
 
 
-# bfloat16 *parameters* with (CPU) float32 compute do not train yet: a CPU kernel in the compiled train
-# step has no bfloat16 variant ("Kernel select failed"). Their predict files and the float16 ones run.
-NOT_YET = {"finetune_llama2_70b_bf16_32p.yaml", "finetune_llama2_70b_bf16_64p.yaml",
-           "pretrain_llama2_70b_bf16_32p.yaml", "pretrain_llama2_70b_bf16_64p.yaml"}
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(
-    strict=True, raises=TypeError, reason="bfloat16 parameters do not train on CPU yet")) if n in NOT_YET else n
-    for n in sorted(TABLE)])
+@pytest.mark.parametrize("name", sorted(TABLE))
 def test_mindformers_r150_file(name, work, testdata, capsys):
     if not R150.is_dir():
         pytest.skip(f"{R150} not found")

@@ -85,18 +85,27 @@ class LlamaConfig(PretrainedConfig):
         "layernorm_compute_dtype": "layernorm_compute_type", "softmax_compute_dtype": "softmax_compute_type",
     }
 
-    # MindFormers LlamaConfig keys that concern Ascend kernels or its own runner, not this network.
+    # MindFormers LlamaConfig keys that change nothing here, each with why: they choose Ascend kernels,
+    # memory layouts or schedules that compute the same numbers, or belong to the task, not the network.
+    # (Keys that do change the result are fields: embedding_init_type, qkv_concat, extend_method, ...;
+    # ignore_token_id is checked in validate.)
     inert_keys = {
-        "batch_size": "the batch size comes from the task (runner_config.batch_size)",
-        "use_past": "generation always uses a static-shape KV cache",
-        "use_flash_attention": "attention is computed directly; no flash-attention kernel here",
-        "block_size": "paged attention is not used", "num_blocks": "paged attention is not used",
-        "fine_grain_interleave": "Ascend pipeline scheduling", "offset": "pipeline-stage layer offsets",
-        "checkpoint_name_or_path": "weights come from load_checkpoint", "ignore_token_id": "labels ignore -100",
-        "use_rope_slice": "an Ascend kernel choice", "use_flash_attention_mask": "an Ascend kernel choice",
-        "is_dynamic": "shapes are bucketed automatically", "parallel_config": "set parallel_config in the task",
-        "embedding_init_type": "parameters use param_init_type", "pp_interleave_num": "Ascend pipeline scheduling",
-        "auto_map": "remote code is not used",
+        "batch_size": "the batch size comes from the task (runner_config.batch_size / predict_batch_size)",
+        "use_past": "generation always uses a KV cache, which gives the tokens a full recompute gives",
+        "use_flash_attention": "attention is computed directly: the same softmax(QK^T)V a flash kernel computes",
+        "use_flash_attention_mask": "an Ascend flash-attention kernel option; no such kernel here",
+        "block_size": "paged attention (a KV-cache memory layout) is not used: same attention",
+        "num_blocks": "paged attention (a KV-cache memory layout) is not used: same attention",
+        "fine_grain_interleave": "Ascend communication / compute overlap under model parallel",
+        "pp_interleave_num": "pipeline-parallel scheduling (pipeline_stage > 1 is refused here)",
+        "offset": "layers per pipeline stage (pipeline_stage > 1 is refused here)",
+        "parallel_config": "sharding of the network over devices; the task's parallel_config is read",
+        "checkpoint_name_or_path": "read by `mfcore run` from the task (the weights when load_checkpoint is "
+                                   "empty), not by the network",
+        "ignore_token_id": "labels -100 are left out of the loss, MindFormers' default (another value is refused)",
+        "use_rope_slice": "an Ascend kernel choice for the same rotary embedding",
+        "is_dynamic": "dynamic-shape graphs on Ascend; here shapes are bucketed, same results",
+        "auto_map": "remote code is never run; model classes come from installed plugins",
     }
 
     def __init__(self, vocab_size=32000, hidden_size=4096, num_layers=32, num_heads=32, n_kv_heads=None,
@@ -106,7 +115,7 @@ class LlamaConfig(PretrainedConfig):
                  param_init_type="float32", layernorm_compute_type="float32", softmax_compute_type="float32",
                  rotary_dtype="float32", bos_token_id=1, eos_token_id=2, pad_token_id=0,
                  tie_word_embeddings=False, qkv_concat=False, extend_method=None, scaling_factor=None,
-                 **kwargs):
+                 embedding_init_type=None, **kwargs):
         self.vocab_size = vocab_size
         self.hidden_size = hidden_size
         self.num_layers = num_layers
@@ -126,6 +135,7 @@ class LlamaConfig(PretrainedConfig):
         self.layernorm_compute_type = layernorm_compute_type
         self.softmax_compute_type = softmax_compute_type
         self.rotary_dtype = rotary_dtype
+        self.embedding_init_type = embedding_init_type  # MindFormers: the embedding table's dtype (None: param_init_type)
         # MindFormers: q/k/v and gate/up projections stored fused (w_qkv, w_gate_hidden), as its checkpoints
         self.qkv_concat = qkv_concat
         if rope_scaling is None:  # MindFormers' spelling of the rotary extension (a rope_scaling given wins)
@@ -190,6 +200,12 @@ class LlamaConfig(PretrainedConfig):
         for field in ("compute_dtype", "param_init_type", "layernorm_compute_type", "softmax_compute_type",
                       "rotary_dtype"):
             setattr(self, field, normalize_dtype(getattr(self, field), field))
+        ignored = getattr(self, "ignore_token_id", -100)
+        if ignored != -100:
+            raise ConfigError("ignore_token_id", f"{ignored!r}: the loss leaves out labels -100 (MindFormers' "
+                                                 "default); write masked labels as -100")
+        if self.embedding_init_type is not None:
+            self.embedding_init_type = normalize_dtype(self.embedding_init_type, "embedding_init_type")
         self._validate_rope_scaling()
         if not isinstance(self.qkv_concat, bool):
             raise ConfigError("qkv_concat", f"must be true or false, got {self.qkv_concat!r}")

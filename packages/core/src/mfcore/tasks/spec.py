@@ -53,6 +53,30 @@ REFUSED_WHEN_SET = {
     "lr_scale": "learning-rate scaling by batch size is not implemented; set lr_scale: False",
     "moe_config": "mixture-of-experts is not part of the Llama network",
     "swap_config": "activation swapping (Ascend memory offload) is not implemented; remove swap_config",
+    "ignore_data_skip": "a resumed run continues the data where its checkpoint's step left it (MindFormers' "
+                        "default, ignore_data_skip: False); restarting the data from the top is not implemented",
+    "data_skip_steps": "skipping a given number of batches on resume is not implemented (a resumed run "
+                       "already continues after the checkpoint's step); remove data_skip_steps",
+}
+# Top-level keys accepted without a warning that are not read above: why each changes nothing here.
+ACCEPTED_TOP_LEVEL = {
+    "train_dataset_task": "the dataset wrapper type (CausalLanguageModelDataset); train_dataset is read itself",
+    "eval_dataset_task": "the dataset wrapper type (CausalLanguageModelDataset); eval_dataset is read itself",
+    "parallel": "how MindSpore distributes a step (parallel_mode, full_batch, enable_parallel_optimizer...): "
+                "data parallel here averages gradients over msrun workers, which gives the same update",
+    "micro_batch_interleave_num": "splits a batch to overlap communication on Ascend: the same gradients",
+    "recompute_config": "recomputing activations trades memory for time: the same gradients",
+    "metric": "run_mode eval reports the loss and perplexity (MindFormers' PerplexityMetric)",
+    "wrapper": "MindFormers' legacy name of runner_wrapper's cell type (MFTrainOneStepCell's step is built in)",
+    "remote_save_url": "the OBS bucket of ObsMonitor (AICC platform); nothing is uploaded here",
+    "load_ckpt_format": "the checkpoint format (ckpt / safetensors) is read from the files themselves",
+    "load_ckpt_async": "loading weights in the background: the same weights",
+    "print_separate_loss": "logging: which loss terms are printed",
+    "monitor_config": "logging: MindFormers' training monitors (norms, overflow); metrics.jsonl holds the "
+                      "loss, gradient norm and loss scale",
+    "tensorboard": "logging: no TensorBoard event files are written; output_dir/metrics.jsonl has the metrics",
+    "eval_epoch_interval": "epoch-end evaluation under do_eval; do_eval: True with it is refused",
+    "use_legacy": "MindFormers' legacy LlamaForCausalLM network is the one run here; use_legacy: False is refused",
 }
 # The settings that only matter with one of the features above switched on (they change nothing here).
 INERT_TOP_LEVEL = {
@@ -324,6 +348,13 @@ def validate_task(task: dict, preset: Optional[str] = None) -> TaskSpec:
     for key, why in REFUSED_WHEN_SET.items():
         if task.get(key) not in (None, False, "", "False", "false", {}, 0):
             raise ConfigError(key, f"{task[key]!r}: {why}")
+    if task.get("use_legacy") is False:
+        raise ConfigError("use_legacy", "False selects MindFormers' Megatron-core model (other parameter names "
+                                        "and layout); mfcore runs the legacy LlamaForCausalLM network: set "
+                                        "use_legacy: True or remove it")
+    if task.get("do_eval") is True and task.get("eval_epoch_interval") not in (None, -1, 0):
+        raise ConfigError("eval_epoch_interval", f"{task['eval_epoch_interval']!r}: evaluation at epoch ends is "
+                                                 "not implemented; use eval_step_interval (steps) with do_eval")
     _check_callbacks(r, "callbacks")
     _check_callbacks(r, "eval_callbacks")
     run_mode = task.get("run_mode")
