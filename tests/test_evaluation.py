@@ -108,6 +108,46 @@ def test_scores_equal_transformers(models):
     assert disjoint != pytest.approx(strided, rel=REL)
 
 
+def test_generate_scores_and_return_sequences_equal_transformers(models):
+    ours, reference = models
+    rows = [[0, 261, 316, 311], [0, 267, 303]]  # ragged: the second is left-padded
+    out = ours.generate(rows, max_new_tokens=5, return_dict_in_generate=True, output_scores=True)
+    ids, mask = torch.tensor([[0, 261, 316, 311], [1, 0, 267, 303]]), torch.tensor([[1, 1, 1, 1], [0, 1, 1, 1]])
+    expected = reference.generate(ids, attention_mask=mask, max_new_tokens=5, do_sample=False, pad_token_id=1,
+                                  return_dict_in_generate=True, output_scores=True)
+    np.testing.assert_array_equal(out.sequences[:, 4:], expected.sequences[:, 4:].numpy())
+    assert len(out.scores) == len(expected.scores) == 5
+    for mine, theirs in zip(out.scores, expected.scores):
+        np.testing.assert_allclose(mine, theirs.numpy(), rtol=REL, atol=1e-4)
+    transition = reference.compute_transition_scores(expected.sequences, expected.scores, normalize_logits=True)
+    np.testing.assert_allclose(out["token_logprobs"], transition.numpy(), rtol=REL, atol=1e-4)
+    assert isinstance(ours.generate(rows, max_new_tokens=2, return_dict_in_generate=True).sequences, np.ndarray)
+
+    sampled = ours.generate([[0, 261]], max_new_tokens=4, num_return_sequences=3, do_sample=True, seed=1)
+    assert sampled.shape == (3, 6) and (sampled[:, :2] == [0, 261]).all()
+    assert len({tuple(r) for r in sampled[:, 2:].tolist()}) > 1  # the copies draw differently
+    greedy = ours.generate([[0, 261]], max_new_tokens=4, num_return_sequences=2)
+    assert (greedy[0] == greedy[1]).all()
+
+
+def test_beam_search_equals_transformers(models):
+    ours, reference = models
+    prompts = [[0, 261, 316, 311], [0, 267, 303, 72]]
+    free = reference.generate(torch.tensor(prompts), max_new_tokens=8, num_beams=3, do_sample=False, pad_token_id=1)
+    stop = int(free[0, 6])  # a token the beams do produce: as EOS it finishes hypotheses early
+    cases = [dict(num_beams=3, length_penalty=1.0, early_stopping=False, num_return_sequences=1, max_new_tokens=6),
+             dict(num_beams=4, length_penalty=0.5, early_stopping=True, num_return_sequences=2, max_new_tokens=8),
+             dict(num_beams=2, length_penalty=2.0, early_stopping="never", num_return_sequences=2, max_new_tokens=5),
+             dict(num_beams=3, length_penalty=1.0, early_stopping=False, num_return_sequences=3, max_new_tokens=8,
+                  eos_token_id=stop),
+             dict(num_beams=3, length_penalty=-1.0, early_stopping=True, num_return_sequences=2, max_new_tokens=8,
+                  eos_token_id=stop)]
+    for case in cases:
+        mine = ours.generate(prompts, pad_token_id=1, **case)  # finished hypotheses are filled with the pad id
+        theirs = reference.generate(torch.tensor(prompts), do_sample=False, pad_token_id=1, **case).numpy()
+        assert mine.shape == theirs.shape and (mine == theirs).all(), case
+
+
 @pytest.fixture(scope="module")
 def both_backends(checkpoint, task_dir):
     """lm-eval's simple_evaluate on the three tasks, once with lm-eval's hf backend and once with mfcore's."""

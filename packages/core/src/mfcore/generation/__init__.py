@@ -1,7 +1,9 @@
 """Generation for every causal LM: `config` (GenerationConfig), `sampling` (how the next token is chosen,
 pure numpy), `decoding` (`generate`: the compiled prompt and decode graphs over a static KV cache),
-`streamers` (TextStreamer), `scoring` (log-likelihoods and per-token log-probs of given text). A model joins by the KV-cache protocol of PreTrainedModel; nothing here
-imports a model. The numpy/MindSpore parts load on first access."""
+`streamers` (TextStreamer), `scoring` (log-likelihoods and per-token log-probs of given text),
+`beam_search`, `outputs` (num_return_sequences, return_dict_in_generate / output_scores). A model joins by
+the KV-cache protocol of PreTrainedModel; nothing here imports a model. The numpy/MindSpore parts load on
+first access."""
 from mfcore.utils.lazy import lazy_exports
 
 from .config import GENERATION_CONFIG_NAME, GenerationConfig
@@ -14,6 +16,7 @@ _LAZY = {
     "TextStreamer": "mfcore.generation.streamers",
     **{name: "mfcore.generation.scoring" for name in ("loglikelihood", "loglikelihood_tokens", "loglikelihood_rolling",
                                                        "prompt_logprobs", "token_logprobs", "rolling_windows")},
+    "GenerateOutput": "mfcore.generation.outputs",
 }
 
 __getattr__ = lazy_exports(__name__, globals(), _LAZY)

@@ -2,10 +2,11 @@
 per-token log-probs of a prompt. What lm-evaluation-harness asks of a model (and what an OpenAI-style
 server needs for `echo` + `logprobs`), with lm-eval's semantics, so scores equal those of its `hf` backend.
 
-One compiled graph per (batch, length) bucket does the work: the model's full forward (`model(input_ids)`,
-logits (B, S, V)), then log_softmax, the log-prob of each next token and whether it is the argmax; only
-(B, S) numbers come back to the host, never the logits. Sequences are right-padded to a bucket length
-(`bucket_length`, as generate does) and batches to a power of two, so a whole evaluation compiles a handful
+One compiled graph per (batch, length, scored positions) bucket does the work: the model's forward with
+the output head on the scored positions only (`model(input_ids, gather_index=...)`, logits (B, K, V): a
+continuation's K tokens, not the context's), then log_softmax, the log-prob of each next token and whether
+it is the argmax; only (B, K) numbers come back to the host, never the logits. Sequences are right-padded to a bucket length
+(`score_length_bucket`) and batches to a power of two, so a whole evaluation compiles a handful
 of graphs. Right padding changes nothing for a causal model: a real token never sees the pad after it.
 
 Pure functions (no MindSpore): `rolling_windows` (lm-eval's get_rolling_token_windows + make_disjoint_window).
@@ -17,6 +18,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .decoding import bucket_length
+
 
 
 # -- windows (pure) ---------------------------------------------------------------------------------
@@ -64,15 +66,24 @@ def stride_context_len(max_seq_len: int, stride: Optional[int]) -> int:
 # -- the compiled scorer ----------------------------------------------------------------------------
 
 def _score_function(model, use_jit: bool) -> Callable:
-    """input_ids (B, S) int32, targets (B, S) int32 -> (log p(targets[:, t] | ids[:, :t+1]) (B, S) float32,
-    targets == argmax (B, S) bool). Kept on the model and reused; one compile per input shape."""
+    """input_ids (B, S), positions (B, K), targets (B, K) int32 -> (log p(target | ids up to its position)
+    (B, K) float32, target == argmax (B, K) bool). Only the K positions' logits are made when the model
+    supports construct(gather_index=); otherwise all of them, gathered after. Kept on the model and reused;
+    one compile per input shape."""
     functions = model.__dict__.setdefault("_mfcore_score_functions", {})
     if use_jit not in functions:
         import mindspore
         from mindspore import mint, ops
 
-        def score(input_ids, targets):
-            logits = model(input_ids)
+        gathered = bool(getattr(model, "supports_gather_index", False))
+
+        def score(input_ids, positions, targets):
+            if gathered:
+                logits = model(input_ids, gather_index=positions)
+            else:
+                logits = model(input_ids)
+                index = positions.expand_dims(-1)
+                logits = mint.gather(logits, 1, ops.broadcast_to(index, index.shape[:2] + (logits.shape[-1],)))
             log_probs = ops.log_softmax(logits, -1)
             picked = mint.gather(log_probs, -1, targets.expand_dims(-1)).squeeze(-1)
             greedy = ops.cast(ops.argmax(logits, -1), mindspore.int32) == targets
@@ -82,52 +93,82 @@ def _score_function(model, use_jit: bool) -> Callable:
     return functions[use_jit]
 
 
-def _batch_bucket(n: int, batch_size: int) -> int:
-    """Rows every batch of a call of n sequences is padded to: batch_size, or the power of two above n when
-    n is smaller. A short last batch runs padded rather than compile a graph of its own (~1 s)."""
-    return batch_size if n >= batch_size else 1 << max(0, n - 1).bit_length()
+def score_length_bucket(n: int) -> int:
+    """Sequence length a scoring batch is padded to: generate's buckets (powers of two up to 512, then steps of
+    512), at least 32. Finer steps waste less compute on padding but cost memory: MindSpore's CPU runtime
+    keeps every compiled graph's intermediate buffers for the life of the process (benchmarks/RESULTS.md)."""
+    return bucket_length(n, minimum=32)
+
+
+def _scored_bucket(n: int, width: int) -> int:
+    """Positions scored per row: a power of two from 8, at most the row width."""
+    return min(width, max(8, 1 << max(0, n - 1).bit_length()))
+
+
+# Tokens (rows x padded length) one scoring call runs at most: MindSpore's CPU runtime keeps each compiled
+# graph's intermediate buffers for the life of the process, and they grow with rows x length (a 110M model
+# at 8 x 256 holds ~5 GB), so long rows run in fewer rows per call. benchmarks/RESULTS.md, Eval.
+TOKENS_PER_CALL = 512
+
+
+def _batch_bucket(n: int, batch_size: int, width: int) -> int:
+    """Rows a call is padded to: batch_size (or the power of two above n when n is smaller: a short last batch
+    runs padded rather than compile a graph of its own), then halved until rows x width fits TOKENS_PER_CALL."""
+    rows = batch_size if n >= batch_size else 1 << max(0, n - 1).bit_length()
+    while rows > 1 and rows * width > TOKENS_PER_CALL:
+        rows //= 2
+    return rows
 
 
 def token_logprobs(model, sequences: Sequence[Sequence[int]], batch_size: int = 8, use_jit: bool = True,
-                   progress: Optional[Callable[[int], None]] = None) -> List[Tuple[np.ndarray, np.ndarray]]:
+                   progress: Optional[Callable[[int], None]] = None,
+                   score_last: Optional[Sequence[int]] = None) -> List[Tuple[np.ndarray, np.ndarray]]:
     """For every sequence of ids, the log-prob of each token given the ones before it and whether it was the
     argmax: (logprobs (n - 1,) float32, greedy (n - 1,) bool) for the tokens 1..n-1 (token 0 has no
-    prediction). Batched longest first; `progress(k)` is called after each batch of k sequences."""
+    prediction); with score_last, only for each sequence's last score_last[i] tokens. Batched longest
+    first; `progress(k)` is called after each batch of k sequences."""
     from mindspore import Tensor
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     rows = [np.asarray(s, dtype=np.int64).reshape(-1) for s in sequences]
+    counts = [len(r) - 1 for r in rows] if score_last is None else [int(n) for n in score_last]
     for i, row in enumerate(rows):
         if len(row) < 2:
             raise ValueError(f"sequence {i} has {len(row)} token(s); scoring needs at least 2 "
                              f"(a context token and one to predict)")
+        if not 1 <= counts[i] <= len(row) - 1:
+            raise ValueError(f"sequence {i}: cannot score its last {counts[i]} of {len(row)} tokens")
     vocab = getattr(model.config, "vocab_size", None)
     score = _score_function(model, use_jit)
     results: List[Optional[Tuple[np.ndarray, np.ndarray]]] = [None] * len(rows)
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))  # longest first: a batch pads to its first
-    height = _batch_bucket(len(rows), batch_size)
     was_training = getattr(model, "training", False)
     if was_training:
         model.set_train(False)
     try:
-        for begin in range(0, len(order), batch_size):
-            batch = order[begin:begin + batch_size]
-            width = bucket_length(len(rows[batch[0]]) - 1)
+        begin = 0
+        while begin < len(order):
+            width = score_length_bucket(len(rows[order[begin]]) - 1)
+            height = _batch_bucket(len(order), batch_size, width)
+            batch = order[begin:begin + height]
+            begin += len(batch)
+            scored = _scored_bucket(max(counts[i] for i in batch), width)
             ids = np.zeros((height, width), dtype=np.int32)
-            targets = np.zeros((height, width), dtype=np.int32)
+            positions = np.zeros((height, scored), dtype=np.int32)
+            targets = np.zeros((height, scored), dtype=np.int32)
             for r, i in enumerate(batch):
-                row = rows[i]
+                row, n = rows[i], counts[i]
                 if vocab is not None and (row.min() < 0 or row.max() >= vocab):
                     raise ValueError(f"sequence {i}: token id {int(row.max() if row.max() >= vocab else row.min())}"
                                      f" is outside the vocabulary [0, {vocab})")
                 ids[r, :len(row) - 1] = row[:-1]
-                targets[r, :len(row) - 1] = row[1:]
-            picked, greedy = score(Tensor(ids), Tensor(targets))
+                positions[r, :n] = np.arange(len(row) - 1 - n, len(row) - 1)  # position t predicts token t + 1
+                targets[r, :n] = row[len(row) - n:]
+            picked, greedy = score(Tensor(ids), Tensor(positions), Tensor(targets))
             picked, greedy = picked.asnumpy(), greedy.asnumpy()
             for r, i in enumerate(batch):
-                n = len(rows[i]) - 1
-                results[i] = (picked[r, :n].astype(np.float32), greedy[r, :n].astype(bool))
+                results[i] = (picked[r, :counts[i]].astype(np.float32), greedy[r, :counts[i]].astype(bool))
             if progress is not None:
                 progress(len(batch))
     finally:
@@ -175,9 +216,9 @@ def loglikelihood_tokens(model, pairs: Sequence[Tuple[Sequence[int], Sequence[in
                              f"max_length {limit}")
         sequences.append((context + continuation)[-(limit + 1):])
         counts.append(len(continuation))
-    scored = token_logprobs(model, sequences, batch_size=batch_size, use_jit=use_jit, progress=progress)
-    return [(float(np.sum(picked[-n:], dtype=np.float64)), bool(greedy[-n:].all()))
-            for (picked, greedy), n in zip(scored, counts)]
+    scored = token_logprobs(model, sequences, batch_size=batch_size, use_jit=use_jit, progress=progress,
+                            score_last=counts)
+    return [(float(np.sum(picked, dtype=np.float64)), bool(greedy.all())) for picked, greedy in scored]
 
 
 def loglikelihood(model, contexts: Sequence, continuations: Sequence, tokenizer=None, batch_size: int = 8,

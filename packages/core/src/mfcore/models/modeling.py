@@ -23,7 +23,6 @@ from mindspore import Tensor, nn
 
 from mfcore.errors import CheckpointError, ConfigError
 from mfcore.generation.config import GENERATION_CONFIG_NAME, GenerationConfig
-from mfcore.generation.decoding import generate as _generate
 from mfcore.utils.runtime import device_target, ensure_runtime, supports_compute_dtype
 
 from .configuration import PretrainedConfig, normalize_dtype
@@ -40,6 +39,8 @@ class PreTrainedModel(nn.Cell):
     """Base class of mfcore networks. Subclasses set `config_class` and build the layers."""
 
     config_class = None
+    # construct(gather_index=(B, K) positions) returns only those positions' logits (scoring uses it).
+    supports_gather_index = False
     # Parameter names a checkpoint may carry that this model ignores (e.g. a tied output head).
     ignored_checkpoint_names: Tuple[str, ...] = ()
 
@@ -277,8 +278,12 @@ class PreTrainedModel(nn.Cell):
 
     # -- generation -----------------------------------------------------------------------------
     def generate(self, input_ids, generation_config: Optional[GenerationConfig] = None, **kwargs):
-        """Greedy / sampled generation with an incremental KV cache; see mfcore.generation.generate."""
-        return _generate(self, input_ids, generation_config=generation_config, **kwargs)
+        """Greedy / sampled generation with an incremental KV cache (mfcore.generation.generate); with
+        num_beams > 1 beam search; num_return_sequences, return_dict_in_generate and output_scores as in
+        transformers (mfcore.generation.outputs)."""
+        from mfcore.generation.outputs import generate_with_outputs
+
+        return generate_with_outputs(self, input_ids, generation_config=generation_config, **kwargs)
 
     def loglikelihood(self, contexts, continuations, **kwargs):
         """(sum of log-probs, is_greedy) of each continuation after its context; see
