@@ -72,6 +72,77 @@ def test_rms_norm_matches_numpy(kernels):
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
+def attention_reference(q, k, v, bias):
+    """softmax(q k^T + bias) v in float64 per (row, kv group); q (B, G, R, S, D), k, v (B, G, T, D),
+    bias (B|1, 1, 1, S, T). Rows that see no column are zeros (what the kernels define)."""
+    q, k, v, bias = (a.astype(np.float64) for a in (q, k, v, bias))
+    scores = np.einsum("bgrsd,bgtd->bgrst", q, k) + bias[:, 0, 0][:, None, None]
+    seen = np.broadcast_to(bias[:, 0, 0][:, None, None] > -1e8, scores.shape)
+    scores = np.where(seen, scores, -np.inf)
+    top = np.max(np.where(seen, scores, -1e300), axis=-1, keepdims=True)
+    weights = np.where(seen, np.exp(scores - top), 0.0)
+    weights = weights / np.maximum(weights.sum(-1, keepdims=True), 1e-300)
+    return np.einsum("bgrst,bgtd->bgrsd", weights, v)
+
+
+def masked_bias(rng, batch, length, keys, past):
+    """Causal over the cache from `past`, left padding per row, one row fully masked."""
+    allowed = np.arange(keys)[None, :] <= (past + np.arange(length))[:, None]
+    allowed = np.broadcast_to(allowed, (batch, length, keys)).copy()
+    allowed[0, :, :3] = False  # row 0 left-padded by three slots
+    allowed[-1, 0] = False  # a query that sees nothing
+    return np.where(allowed, 0.0, -1e9).astype(np.float32)[:, None, None]
+
+
+@pytest.mark.parametrize("dim", [64, 24])  # the vector loop, and its scalar tail
+def test_prompt_attention_matches_numpy(kernels, dim):
+    call = compiled(kernels.attention)
+    rng = np.random.default_rng(1)
+    batch, groups, reps, length, keys, past = 2, 2, 3, 5, 16, 4
+    q = rng.standard_normal((batch, groups, reps, length, dim)).astype(np.float32)
+    k, v = (rng.standard_normal((batch, groups, keys, dim)).astype(np.float32) for _ in range(2))
+    bias = masked_bias(rng, batch, length, keys, past)
+    got = call(Tensor(q), Tensor(k), Tensor(v), Tensor(bias)).asnumpy()
+    expected = attention_reference(q, k, v, bias)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    assert (got[-1, :, :, 0] == 0).all()  # the query that sees nothing
+    # one bias for every row broadcasts
+    shared = bias[1:]
+    np.testing.assert_allclose(call(Tensor(q), Tensor(k), Tensor(v), Tensor(shared)).asnumpy(),
+                               attention_reference(q, k, v, np.broadcast_to(shared, bias.shape)), rtol=1e-5, atol=1e-5)
+
+
+def test_decode_attention_writes_the_slot_and_attends(kernels):
+    call = compiled(kernels.decode_attention)
+    rng = np.random.default_rng(2)
+    batch, groups, reps, keys, dim, at = 3, 2, 4, 16, 64, 9
+    q = rng.standard_normal((batch, groups, reps, dim)).astype(np.float32)
+    k, v = (rng.standard_normal((batch, groups, dim)).astype(np.float32) for _ in range(2))
+    k_cache, v_cache = (rng.standard_normal((batch, groups, keys, dim)).astype(np.float32) for _ in range(2))
+    before = k_cache.copy()
+    slot = np.zeros((1, 1, keys, 1), dtype=bool)
+    slot[0, 0, at, 0] = True
+    bias = masked_bias(rng, batch, 1, keys, at)[:, :, 0]  # (B, 1, 1, T)
+    out, k_new, v_new = (t.asnumpy() for t in call(Tensor(q), Tensor(k), Tensor(v), Tensor(k_cache),
+                                                    Tensor(v_cache), Tensor(bias), Tensor(slot)))
+    expected_k, expected_v = k_cache.copy(), v_cache.copy()
+    expected_k[:, :, at], expected_v[:, :, at] = k, v
+    np.testing.assert_array_equal(k_new, expected_k)
+    np.testing.assert_array_equal(v_new, expected_v)
+    expected = attention_reference(q[:, :, :, None], expected_k, expected_v, bias[:, :, :, None])[:, :, :, 0]
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+    assert (out[-1] == 0).all()  # the last row sees nothing
+    # each row its own slot (continuous batching: rows at different positions)
+    rows_slot = np.zeros((batch, 1, keys, 1), dtype=bool)
+    rows_slot[np.arange(batch), 0, [2, 9, 15], 0] = True
+    _, k_rows, _ = (t.asnumpy() for t in call(Tensor(q), Tensor(k), Tensor(v), Tensor(k_cache), Tensor(v_cache),
+                                               Tensor(bias), Tensor(rows_slot)))
+    expected_k = k_cache.copy()
+    expected_k[np.arange(batch), :, [2, 9, 15]] = k
+    np.testing.assert_array_equal(k_rows, expected_k)
+    np.testing.assert_array_equal(k_cache, before)  # the input cache is not written in place
+
+
 def test_switched_off_by_environment(fresh_state, monkeypatch):
     monkeypatch.setenv("MFCORE_CPU_KERNELS", "0")
     assert cpu_kernels.decode_kernels() is None

@@ -232,6 +232,9 @@ class LlamaAttention(nn.Cell):
                                   quantized=quantized("wv"))
         self.wo = LlamaLinear(config.hidden_size, config.hidden_size, False, **linear, quantized=quantized("wo"))
         self.matmul_qk = ops.BatchMatMul(transpose_b=True)
+        kernels = fused_kernels(compute_dtype)  # float32 prompt attention that skips masked cache slots
+        self.prompt_attention = kernels.attention if kernels else None
+        self.decode_attention = kernels.decode_attention if kernels else None
 
     def qkv(self, x):
         """The q, k and v projections of x (flat heads), from wq/wk/wv or the fused w_qkv. MindFormers r1.5.0
@@ -280,6 +283,13 @@ class LlamaAttention(nn.Cell):
         out = mint.matmul(probs.reshape(batch, self.n_kv_heads, self.n_rep * length, keys), v)
         return out.reshape(batch, self.n_kv_heads, self.n_rep, length, self.head_dim)
 
+    def attend_cached(self, q, k, v, bias):
+        """attend() for generation (q scaled): mfcore's kernel where it is built, which computes only the
+        columns the bias lets each query see (a prompt chunk early in a long cache sees few)."""
+        if self.prompt_attention is None:
+            return self.attend(q, k, v, bias, scaled_q=True)
+        return self.prompt_attention(q, k, v, bias)
+
     def prefix_heads(self, prefix, batch):
         """Prefix-tuning keys and values (2, B, P, W) -> k, v (B, kv_heads, P', D) in the compute dtype, as
         MindFormers' _cat_prefix splits them (P' = P * W / (kv_heads * D)); no rotary embedding on them."""
@@ -302,14 +312,14 @@ class LlamaAttention(nn.Cell):
     def forward_with_cache(self, x, rope, bias, cache_slot, k_cache, v_cache, prefix=None):
         """rope = (rotation_q, rotation_k), each position's rotary matrix (B * S, D, D) (LlamaModel.rotation).
         A prompt x (B, S, hidden): attend within it and store it in cache slots 0..S-1 (after the prefix's
-        slots when there is a prefix). A later chunk of a prompt, cache_slot (1, 1, T, S) placing token i at
-        its slot: write the chunk there and attend over the whole cache (one graph for every chunk, so a long
+        slots when there is a prefix). A later chunk of a prompt, cache_slot (T,) naming the chunk's token
+        each slot takes (S: none): write the chunk there and attend over the whole cache (one graph for every chunk, so a long
         prompt's intermediate buffers are a chunk's, not the prompt's). One token per row, x (B, hidden):
         write it at `cache_slot` and attend over the whole cache (decode_one)."""
         if x.ndim == 2:
             return self.decode_one(x, rope[0], rope[1], bias, cache_slot, k_cache, v_cache)
         batch, length, _ = x.shape
-        chunk = length > 1 and cache_slot.shape[-1] == length
+        chunk = cache_slot.ndim == 1
         q, k, v = self.qkv(x)
         # Rotary as one batched matmul per q and k (3 kernels fewer each than project's cos/sin form).
         q = self.rotate_rows(q.reshape(batch * length, self.num_heads, self.head_dim), rope[0])
@@ -318,18 +328,20 @@ class LlamaAttention(nn.Cell):
         q = q.reshape(batch, length, self.n_kv_heads, self.n_rep, self.head_dim).permute(0, 2, 3, 1, 4)
         k = k.reshape(batch, length, self.n_kv_heads, self.head_dim).permute(0, 2, 1, 3)
         v = v.permute(0, 2, 1, 3)
-        if chunk:  # place the chunk's keys and values at their slots (a one-hot matmul: exact), then attend
-            placement = _cast(cache_slot, k_cache.dtype)
-            written = mint.sum(cache_slot, -1, keepdim=True) > 0
-            k_cache = mint.where(written, mint.matmul(placement, _cast(k, k_cache.dtype)), k_cache)
-            v_cache = mint.where(written, mint.matmul(placement, _cast(v, v_cache.dtype)), v_cache)
-            out = self.attend(q, k_cache, v_cache, bias, scaled_q=True)
+        if chunk:  # copy the chunk's keys and values to their slots (a gather from them + one zero row)
+            written = (cache_slot < length).reshape(1, 1, -1, 1)
+            zero = ops.zeros((batch, self.n_kv_heads, 1, self.head_dim), k_cache.dtype)
+            k_cache = mint.where(written, ops.gather(mint.cat((_cast(k, k_cache.dtype), zero), dim=2), cache_slot, 2),
+                                 k_cache)
+            v_cache = mint.where(written, ops.gather(mint.cat((_cast(v, v_cache.dtype), zero), dim=2), cache_slot, 2),
+                                 v_cache)
+            out = self.attend_cached(q, k_cache, v_cache, bias)
         else:
             if prefix is not None:
                 prefix_k, prefix_v = self.prefix_heads(prefix, batch)
                 k, v = mint.cat((prefix_k, k), dim=2), mint.cat((prefix_v, v), dim=2)
                 length = length + prefix_k.shape[2]
-            out = self.attend(q, k, v, bias, scaled_q=True)
+            out = self.attend_cached(q, k, v, bias)
             k_cache = mint.cat((k, k_cache[:, :, length:]), dim=2)
             v_cache = mint.cat((v, v_cache[:, :, length:]), dim=2)
         out = out.permute(0, 3, 1, 2, 4).reshape(batch, x.shape[1], self.num_heads * self.head_dim)
@@ -349,6 +361,11 @@ class LlamaAttention(nn.Cell):
         q, k, v = self.qkv(x)
         q = self.rotate_rows(q.reshape(batch, self.num_heads, self.head_dim), rotation_q)
         k = self.rotate_rows(k.reshape(batch, self.n_kv_heads, self.head_dim), rotation_k)
+        if self.decode_attention is not None:  # one kernel: cache write + attention over the visible slots
+            out, k_cache, v_cache = self.decode_attention(
+                q.reshape(batch, self.n_kv_heads, self.n_rep, self.head_dim), k,
+                v.reshape(batch, self.n_kv_heads, self.head_dim), k_cache, v_cache, bias, cache_slot)
+            return self.wo(out.reshape(batch, self.num_heads * self.head_dim)), k_cache, v_cache
         k_cache = mint.where(cache_slot, k.reshape(batch, self.n_kv_heads, 1, self.head_dim), k_cache)
         v = v.reshape(batch, self.n_kv_heads, 1, self.head_dim)
         v_cache = mint.where(cache_slot, v, v_cache)
@@ -616,10 +633,12 @@ class LlamaForCausalLM(PreTrainedModel):
         prefixes = [None] * self.num_layers
         if self.prefix_encoder is not None:  # the prefix sits in the first cache slots, always visible
             bias = self.with_prefix_columns(bias)
-            cache_slot = mint.cat((ops.zeros((1, 1, self.prefix_length(), cache_slot.shape[-1]), cache_slot.dtype),
-                                   cache_slot), dim=2)
-            if length > 1 and cache_slot.shape[-1] == 1:  # the first prompt call writes the prefix
-                prefixes = self.prefix_encoder(batch)
+            if cache_slot.ndim == 1:  # a prompt chunk: the prefix slots take none of its tokens
+                cache_slot = mint.cat((ops.fill(mindspore.int32, (self.prefix_length(),), length), cache_slot))
+            else:
+                cache_slot = mint.cat((ops.zeros((1, 1, self.prefix_length(), 1), cache_slot.dtype), cache_slot), dim=2)
+                if length > 1:  # the first prompt call writes the prefix
+                    prefixes = self.prefix_encoder(batch)
         new_caches = ()
         for i, layer in enumerate(self.model.layers):
             hidden, k_cache, v_cache = layer.forward_with_cache(hidden, rope, bias, cache_slot, caches[2 * i],

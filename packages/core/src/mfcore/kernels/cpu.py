@@ -10,6 +10,11 @@ once per machine:
 - `swiglu(x, W1, W3)`: silu(x . W1^T) * (x . W3^T), the MLP's gate and up projections, one kernel
   instead of five.
 
+csrc/attention_kernels.cc has the prompt attention (`attention(q, k, v, bias)`): it skips the columns the
+bias masks, so a prompt chunk pays for the cache slots it sees, not for the whole cache; and one decode
+step's attention with its cache write (`decode_attention`): one kernel instead of five, and two cache-sized
+buffers per step instead of ~6 (MindSpore's CPU runtime keeps every buffer of a compiled graph).
+
 csrc/weight_kernels.cc serves models whose weights stay in their storage dtype (any row count: decode
 streams each weight once, prompts run register tiles): `linear_bf16`, `linear_f16`, `linear_int8` (per
 output channel scales) and `embed_bf16`. Without them MindSpore's CPU backend would upcast every 16-bit
@@ -38,7 +43,8 @@ from typing import NamedTuple, Optional
 
 from mfcore.utils.paths import mfcore_home
 
-SOURCES = (Path(__file__).with_name("csrc") / "decode_kernels.cc", Path(__file__).with_name("csrc") / "weight_kernels.cc")
+SOURCES = tuple(Path(__file__).with_name("csrc") / name
+                for name in ("decode_kernels.cc", "weight_kernels.cc", "attention_kernels.cc"))
 # -march=native: the vector path (AVX-512, AVX2, or plain C++) is chosen for the CPU the library is built on;
 # the cache key below holds the CPU's flags, so another CPU builds its own. OpenMP splits the weight kernels
 # over the cores (passive waiting, see mfcore/__init__.py).
@@ -62,6 +68,11 @@ class DecodeKernels(NamedTuple):
     linear_f16: object   # (x (rows, K) f32, W (N, K) float16) -> (rows, N) f32
     linear_int8: object  # (x (rows, K) f32, Wq (N, K) int8, scale (N,) f32) -> (rows, N) f32
     embed_bf16: object   # (ids (...) int32/int64, table (V, H) bfloat16) -> (..., H) f32
+    # Prompt attention skipping masked columns (csrc/attention_kernels.cc), float32:
+    attention: object    # (q (B, G, R, S, D) scaled, k, v (B, G, T, D), bias (B|1, 1, 1, S, T)) -> like q
+    # One decode step's attention with the cache write: (q (B, G, R, D) scaled, k, v (B, G, D), k_cache,
+    # v_cache (B, G, T, D), bias (B, 1, 1, T), cache_slot (1, 1, T, 1) bool) -> (out like q, k_cache', v_cache')
+    decode_attention: object
 
 
 def decode_kernels() -> Optional[DecodeKernels]:
@@ -106,7 +117,11 @@ def _build():
                             linear_bf16=custom("MfcoreLinearBf16", projection),
                             linear_f16=custom("MfcoreLinearF16", projection),
                             linear_int8=custom("MfcoreLinearInt8", projection),
-                            embed_bf16=custom("MfcoreEmbedBf16", lambda ids, table: ids + [table[1]], float32))
+                            embed_bf16=custom("MfcoreEmbedBf16", lambda ids, table: ids + [table[1]], float32),
+                            attention=custom("MfcoreAttention", lambda q, k, v, bias: q),
+                            decode_attention=custom("MfcoreDecodeAttention",
+                                                    lambda q, k, v, kc, vc, bias, slot: (q, kc, vc),
+                                                    lambda q, k, v, kc, vc, bias, slot: (q, kc, vc)))
     return kernels, f"on: {library}"
 
 

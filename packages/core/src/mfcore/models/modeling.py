@@ -324,8 +324,8 @@ class PreTrainedModel(nn.Cell):
         - one token per row: bias (B, 1, 1, T), 0 where a slot may be attended and -1e9 elsewhere;
           cache_slot (1, 1, T, 1), True at the slot the token is written to;
         - a later chunk of a long prompt (S > 1 tokens after past_length, models with
-          supports_chunked_prefill): bias (B, 1, S, T), causal over the whole cache; cache_slot (1, 1, T, S)
-          float32, the one-hot placement of token i at slot past_length + i.
+          supports_chunked_prefill): bias (B, 1, S, T), causal over the whole cache; cache_slot (T,) int32,
+          for each slot the chunk's token written there (slot past_length + i takes token i), S elsewhere.
         """
         batch, length = input_ids.shape
         total = past_length + length
@@ -345,8 +345,8 @@ class PreTrainedModel(nn.Cell):
             allowed = causal[None] & visible[:, None, :]
         bias = np.where(allowed, 0.0, -1e9).astype(np.float32)[:, None]
         if past_length and length > 1:
-            slot = np.zeros((1, 1, cache_length, length), dtype=np.float32)
-            slot[0, 0, past_length + np.arange(length), np.arange(length)] = 1.0
+            slot = np.full(cache_length, length, dtype=np.int32)
+            slot[past_length:total] = np.arange(length)
         else:
             slot = np.zeros((1, 1, cache_length, 1), dtype=bool)
             if past_length:

@@ -1,0 +1,193 @@
+// Forward-only float32 attention for prompts on CPU, called by MindSpore as an AOT Custom op (see
+// mfcore/kernels/cpu.py). MindSpore 2.10's CPU BatchMatMul reaches ~11 GFLOP/s on attention shapes, and it
+// computes every cache column, masked or not: a prompt chunk at the start of a 1024-slot cache pays for all
+// 1024. This kernel skips the columns the additive bias masks (bias <= -1e8, mfcore's MASK_VALUE is -1e9),
+// so the work follows what each query really sees, and uses the vector width of the machine.
+//   MfcoreAttention  out = softmax(q . k^T + bias) . v
+// params: q (B, G, R, S, D): queries grouped by kv head (G kv heads, R queries each), already scaled by
+// 1/sqrt(D); k, v (B, G, T, D); bias (B or 1, 1, 1, S, T) additive -> out (B, G, R, S, D).
+// A query that sees no column gets zeros (MindSpore's softmax would give a uniform mix; such rows are
+// padding, never read).
+#include <cmath>
+#include <cstdint>
+#include <vector>
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+#include <immintrin.h>
+#endif
+
+namespace {
+
+constexpr float kMasked = -1e8f;
+
+inline float dot_f32(const float* a, const float* b, int64_t n) {
+  int64_t i = 0;
+  float result = 0.0f;
+#if defined(__AVX512F__)
+  __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+  for (; i + 32 <= n; i += 32) {
+    s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
+    s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), s1);
+  }
+  for (; i + 16 <= n; i += 16) s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
+  result = _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+#elif defined(__AVX2__) && defined(__FMA__)
+  __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+  for (; i + 16 <= n; i += 16) {
+    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+    s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+  }
+  __m256 s = _mm256_add_ps(s0, s1);
+  __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+  h = _mm_hadd_ps(h, h);
+  h = _mm_hadd_ps(h, h);
+  result = _mm_cvtss_f32(h);
+#endif
+  for (; i < n; ++i) result += a[i] * b[i];
+  return result;
+}
+
+inline void axpy_f32(float* y, float a, const float* x, int64_t n) {  // y += a * x
+  int64_t i = 0;
+#if defined(__AVX512F__)
+  const __m512 va = _mm512_set1_ps(a);
+  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(y + i, _mm512_fmadd_ps(va, _mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i)));
+#elif defined(__AVX2__) && defined(__FMA__)
+  const __m256 va = _mm256_set1_ps(a);
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+#endif
+  for (; i < n; ++i) y[i] += a * x[i];
+}
+
+bool is_float32(const char* t) {  // "float32" (MindSpore may also write "float")
+  return t[0] == 'f' && t[1] == 'l' && t[2] == 'o' && t[3] == 'a' && t[4] == 't' && (t[5] == '\0' || t[5] == '3');
+}
+
+}  // namespace
+
+extern "C" int MfcoreAttention(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes,
+                               void* stream, void* extra) {
+  (void)stream;
+  (void)extra;
+  if (nparam != 5 || ndims[0] != 5 || ndims[1] != 4 || ndims[2] != 4 || ndims[3] != 5) return 1;
+  for (int p = 0; p < nparam; ++p)
+    if (!is_float32(dtypes[p])) return 1;
+  const float* q = static_cast<const float*>(params[0]);
+  const float* k = static_cast<const float*>(params[1]);
+  const float* v = static_cast<const float*>(params[2]);
+  const float* bias = static_cast<const float*>(params[3]);
+  float* out = static_cast<float*>(params[4]);
+  const int64_t batch = shapes[0][0], groups = shapes[0][1], reps = shapes[0][2], length = shapes[0][3],
+                dim = shapes[0][4], keys = shapes[1][2];
+  if (shapes[1][0] != batch || shapes[1][1] != groups || shapes[1][3] != dim || shapes[2][2] != keys ||
+      shapes[3][3] != length || shapes[3][4] != keys || (shapes[3][0] != batch && shapes[3][0] != 1))
+    return 2;
+  const int64_t bias_batch_stride = shapes[3][0] == 1 ? 0 : length * keys;
+  const int64_t rows = batch * groups * reps * length;
+#pragma omp parallel
+  {
+    std::vector<float> scores(keys);
+    std::vector<int32_t> seen(keys);
+#pragma omp for schedule(dynamic, 8)
+    for (int64_t row = 0; row < rows; ++row) {
+      const int64_t i = row % length, b = row / (groups * reps * length), g = (row / (reps * length)) % groups;
+      const float* qi = q + row * dim;
+      const float* kb = k + (b * groups + g) * keys * dim;
+      const float* vb = v + (b * groups + g) * keys * dim;
+      const float* bi = bias + b * bias_batch_stride + i * keys;
+      float* oi = out + row * dim;
+      int64_t count = 0;
+      float top = -INFINITY;
+      for (int64_t j = 0; j < keys; ++j) {
+        if (bi[j] <= kMasked) continue;
+        const float s = dot_f32(qi, kb + j * dim, dim) + bi[j];
+        scores[count] = s;
+        seen[count++] = static_cast<int32_t>(j);
+        top = s > top ? s : top;
+      }
+      for (int64_t d = 0; d < dim; ++d) oi[d] = 0.0f;
+      if (count == 0) continue;
+      float total = 0.0f;
+      for (int64_t c = 0; c < count; ++c) total += (scores[c] = std::exp(scores[c] - top));
+      const float inv = 1.0f / total;
+      for (int64_t c = 0; c < count; ++c) axpy_f32(oi, scores[c] * inv, vb + seen[c] * dim, dim);
+    }
+  }
+  return 0;
+}
+
+// One decode step of one layer's attention, cache update included (decode_one's where / QK / softmax / PV,
+// five MindSpore kernels whose broadcasts and transposed copies each left a cache-sized buffer per step:
+// ~2 GB at 1.5B with a 1024-slot cache and four steps per call).
+//   MfcoreDecodeAttention  k_out = k_cache with k at the slot, v_out likewise;
+//                          out = softmax(q . k_out^T + bias) . v_out
+// params: q (B, G, R, D) scaled; k, v (B, G, D); k_cache, v_cache (B, G, T, D); bias (B, 1, 1, T);
+// cache_slot (1 or B, 1, T, 1) bool (one True per row: the same slot for every row, or each row's own)
+// -> out (B, G, R, D), k_out, v_out (B, G, T, D).
+extern "C" int MfcoreDecodeAttention(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes,
+                                     void* stream, void* extra) {
+  (void)stream;
+  (void)extra;
+  if (nparam != 10 || ndims[0] != 4 || ndims[3] != 4 || ndims[5] != 4 || ndims[6] != 4) return 1;
+  for (int p = 0; p < nparam; ++p)
+    if (p != 6 && !is_float32(dtypes[p])) return 1;
+  const float* q = static_cast<const float*>(params[0]);
+  const float* k = static_cast<const float*>(params[1]);
+  const float* v = static_cast<const float*>(params[2]);
+  const float* k_cache = static_cast<const float*>(params[3]);
+  const float* v_cache = static_cast<const float*>(params[4]);
+  const float* bias = static_cast<const float*>(params[5]);
+  const bool* slot = static_cast<const bool*>(params[6]);
+  float* out = static_cast<float*>(params[7]);
+  float* k_out = static_cast<float*>(params[8]);
+  float* v_out = static_cast<float*>(params[9]);
+  const int64_t batch = shapes[0][0], groups = shapes[0][1], reps = shapes[0][2], dim = shapes[0][3],
+                keys = shapes[3][2];
+  if (shapes[3][0] != batch || shapes[3][1] != groups || shapes[3][3] != dim || shapes[5][3] != keys ||
+      shapes[6][2] != keys || (shapes[6][0] != 1 && shapes[6][0] != batch))
+    return 2;
+  const int64_t slot_rows = shapes[6][0];
+  std::vector<int64_t> slot_of(batch, -1);
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t j = 0; j < keys; ++j)
+      if (slot[(slot_rows == 1 ? 0 : b) * keys + j]) slot_of[b] = j;
+  const int64_t heads = batch * groups;
+#pragma omp parallel
+  {
+    std::vector<float> scores(keys);
+    std::vector<int32_t> seen(keys);
+#pragma omp for schedule(static)
+    for (int64_t h = 0; h < heads; ++h) {  // one kv head of one row: copy its cache, write the slot, attend
+      const int64_t b = h / groups;
+      float* kh = k_out + h * keys * dim;
+      float* vh = v_out + h * keys * dim;
+      for (int64_t x = 0; x < keys * dim; ++x) kh[x] = k_cache[h * keys * dim + x];
+      for (int64_t x = 0; x < keys * dim; ++x) vh[x] = v_cache[h * keys * dim + x];
+      const int64_t at = slot_of[b];
+      if (at >= 0) {
+        for (int64_t d = 0; d < dim; ++d) kh[at * dim + d] = k[h * dim + d];
+        for (int64_t d = 0; d < dim; ++d) vh[at * dim + d] = v[h * dim + d];
+      }
+      const float* bb = bias + b * keys;
+      for (int64_t r = 0; r < reps; ++r) {
+        const float* qi = q + (h * reps + r) * dim;
+        float* oi = out + (h * reps + r) * dim;
+        int64_t count = 0;
+        float top = -INFINITY;
+        for (int64_t j = 0; j < keys; ++j) {
+          if (bb[j] <= kMasked) continue;
+          const float s = dot_f32(qi, kh + j * dim, dim) + bb[j];
+          scores[count] = s;
+          seen[count++] = static_cast<int32_t>(j);
+          top = s > top ? s : top;
+        }
+        for (int64_t d = 0; d < dim; ++d) oi[d] = 0.0f;
+        if (count == 0) continue;
+        float total = 0.0f;
+        for (int64_t c = 0; c < count; ++c) total += (scores[c] = std::exp(scores[c] - top));
+        const float inv = 1.0f / total;
+        for (int64_t c = 0; c < count; ++c) axpy_f32(oi, scores[c] * inv, vh + seen[c] * dim, dim);
+      }
+    }
+  }
+  return 0;
+}
