@@ -164,8 +164,13 @@ class LlamaConfig(PretrainedConfig):
                 if value != expected:
                     raise ConfigError(key, f"Llama uses {expected!r}; {value!r} is not supported")
         head_dim = data.pop("head_dim", None)
-        for key in ("torch_dtype", "dtype"):  # storage dtype of HF weights; `dtype=` of from_pretrained decides
-            data.pop(key, None)
+        # The storage dtype of HF weights: 16-bit checkpoints stay 16-bit (transformers 5's dtype="auto"; an
+        # 8B model upcast to float32 does not fit a 24 GB machine); compute_dtype stays as configured, and
+        # `dtype=` of from_pretrained still decides when given.
+        stored = [data.pop(key, None) for key in ("torch_dtype", "dtype")]
+        stored = next((str(value).replace("torch.", "") for value in stored if value), None)
+        if stored in ("bfloat16", "float16") and "param_init_type" not in data:
+            data["param_init_type"] = stored
         data = super().normalize_keys(data)
         if head_dim is not None and data.get("hidden_size") and data.get("num_heads") and \
                 head_dim != data["hidden_size"] // data["num_heads"]:
