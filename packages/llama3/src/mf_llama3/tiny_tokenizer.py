@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import base64
 
-from .tokenization_llama3 import NUM_BASE_TOKENS
-
 
 def vocab_file() -> str:
     """The ranks file of llama3-tiny, built on first use."""
     from mfcore.utils.atomic import atomic_write_text
     from mfcore.utils.paths import mfcore_home
+
+    # imported here: the presets import this module, and `mfcore models` must not pull in numpy
+    from .tokenization_llama3 import NUM_BASE_TOKENS
 
     target = mfcore_home() / "tokenizers" / "llama3-tiny" / "tokenizer.model"
     if not target.exists():
