@@ -143,6 +143,30 @@ def test_decode_attention_writes_the_slot_and_attends(kernels):
     np.testing.assert_array_equal(k_cache, before)  # the input cache is not written in place
 
 
+@pytest.mark.parametrize("past,seen_keys", [(5, 16), (0, 4)])  # a chunk over the whole cache; a prompt
+def test_cache_attention_writes_the_chunk_and_attends(kernels, past, seen_keys):
+    call = compiled(kernels.cache_attention)
+    rng = np.random.default_rng(3)
+    batch, groups, reps, length, keys, dim = 2, 2, 2, 4, 16, 32
+    q = rng.standard_normal((batch, groups, reps, length, dim)).astype(np.float32)
+    k, v = (rng.standard_normal((batch, groups, length, dim)).astype(np.float32) for _ in range(2))
+    k_cache, v_cache = (rng.standard_normal((batch, groups, keys, dim)).astype(np.float32) for _ in range(2))
+    before = k_cache.copy()
+    index = np.full(keys, length, dtype=np.int32)
+    index[past:past + length] = np.arange(length)
+    bias = masked_bias(rng, batch, length, seen_keys, past)
+    out, k_new, v_new = (t.asnumpy() for t in call(Tensor(q), Tensor(k), Tensor(v), Tensor(k_cache),
+                                                    Tensor(v_cache), Tensor(bias), Tensor(index)))
+    expected_k, expected_v = k_cache.copy(), v_cache.copy()
+    expected_k[:, :, past:past + length], expected_v[:, :, past:past + length] = k, v
+    np.testing.assert_array_equal(k_new, expected_k)
+    np.testing.assert_array_equal(v_new, expected_v)
+    expected = attention_reference(q, expected_k[:, :, :seen_keys], expected_v[:, :, :seen_keys], bias)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+    assert (out[-1, :, :, 0] == 0).all()  # the query that sees nothing
+    np.testing.assert_array_equal(k_cache, before)
+
+
 def test_switched_off_by_environment(fresh_state, monkeypatch):
     monkeypatch.setenv("MFCORE_CPU_KERNELS", "0")
     assert cpu_kernels.decode_kernels() is None

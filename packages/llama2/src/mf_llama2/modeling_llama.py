@@ -235,6 +235,7 @@ class LlamaAttention(nn.Cell):
         kernels = fused_kernels(compute_dtype)  # float32 prompt attention that skips masked cache slots
         self.prompt_attention = kernels.attention if kernels else None
         self.decode_attention = kernels.decode_attention if kernels else None
+        self.cache_attention = kernels.cache_attention if kernels else None
 
     def qkv(self, x):
         """The q, k and v projections of x (flat heads), from wq/wk/wv or the fused w_qkv. MindFormers r1.5.0
@@ -328,7 +329,11 @@ class LlamaAttention(nn.Cell):
         q = q.reshape(batch, length, self.n_kv_heads, self.n_rep, self.head_dim).permute(0, 2, 3, 1, 4)
         k = k.reshape(batch, length, self.n_kv_heads, self.head_dim).permute(0, 2, 1, 3)
         v = v.permute(0, 2, 1, 3)
-        if chunk:  # copy the chunk's keys and values to their slots (a gather from them + one zero row)
+        if self.cache_attention is not None and (chunk or prefix is None):  # one kernel: cache write + attention
+            if not chunk:  # the prompt: slot j takes token j, the attention sees the prompt's own S slots
+                cache_slot = mint.clamp(ops.arange(0, k_cache.shape[2], dtype=mindspore.int32), max=length)
+            out, k_cache, v_cache = self.cache_attention(q, k, v, k_cache, v_cache, bias, cache_slot)
+        elif chunk:  # copy the chunk's keys and values to their slots (a gather from them + one zero row)
             written = (cache_slot < length).reshape(1, 1, -1, 1)
             zero = ops.zeros((batch, self.n_kv_heads, 1, self.head_dim), k_cache.dtype)
             k_cache = mint.where(written, ops.gather(mint.cat((_cast(k, k_cache.dtype), zero), dim=2), cache_slot, 2),

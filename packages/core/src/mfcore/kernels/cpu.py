@@ -13,7 +13,8 @@ once per machine:
 csrc/attention_kernels.cc has the prompt attention (`attention(q, k, v, bias)`): it skips the columns the
 bias masks, so a prompt chunk pays for the cache slots it sees, not for the whole cache; and one decode
 step's attention with its cache write (`decode_attention`): one kernel instead of five, and two cache-sized
-buffers per step instead of ~6 (MindSpore's CPU runtime keeps every buffer of a compiled graph).
+buffers per step instead of ~6 (MindSpore's CPU runtime keeps every buffer of a compiled graph); and the same
+for a prompt or prompt chunk (`cache_attention`: ~10 cache-sized buffers per layer fewer).
 
 csrc/weight_kernels.cc serves models whose weights stay in their storage dtype (any row count: decode
 streams each weight once, prompts run register tiles): `linear_bf16`, `linear_f16`, `linear_int8` (per
@@ -73,6 +74,10 @@ class DecodeKernels(NamedTuple):
     # One decode step's attention with the cache write: (q (B, G, R, D) scaled, k, v (B, G, D), k_cache,
     # v_cache (B, G, T, D), bias (B, 1, 1, T), cache_slot (1, 1, T, 1) bool) -> (out like q, k_cache', v_cache')
     decode_attention: object
+    # A prompt or prompt chunk written into the cache and attended: (q (B, G, R, S, D) scaled, k, v (B, G, S, D),
+    # k_cache, v_cache (B, G, T, D), bias (B|1, 1, 1, S, Tb <= T), index (T,) int32: the token each slot takes,
+    # S for none) -> (out like q, k_cache', v_cache')
+    cache_attention: object
 
 
 def decode_kernels() -> Optional[DecodeKernels]:
@@ -121,7 +126,10 @@ def _build():
                             attention=custom("MfcoreAttention", lambda q, k, v, bias: q),
                             decode_attention=custom("MfcoreDecodeAttention",
                                                     lambda q, k, v, kc, vc, bias, slot: (q, kc, vc),
-                                                    lambda q, k, v, kc, vc, bias, slot: (q, kc, vc)))
+                                                    lambda q, k, v, kc, vc, bias, slot: (q, kc, vc)),
+                            cache_attention=custom("MfcoreCacheAttention",
+                                                   lambda q, k, v, kc, vc, bias, index: (q, kc, vc),
+                                                   lambda q, k, v, kc, vc, bias, index: (q, kc, vc)))
     return kernels, f"on: {library}"
 
 
