@@ -523,6 +523,10 @@ class LlamaForCausalLM(PreTrainedModel):
             return 0
         return self.prefix_encoder.positions(self.n_kv_heads * self.head_dim)
 
+    def prompt_in_chunk_form(self) -> bool:
+        # with mfcore's cache kernel and no prefix to write first (the prefix comes with the first prompt call)
+        return self.prefix_encoder is None and self.model.layers[0].attention.cache_attention is not None
+
     def with_prefix_columns(self, bias):
         """bias (..., T) with the prefix's columns (always visible) in front."""
         visible = ops.zeros(bias.shape[:-1] + (self.prefix_length(),), bias.dtype)

@@ -311,6 +311,11 @@ class PreTrainedModel(nn.Cell):
     # this; generate then runs long prompts in chunks of GenerationConfig.prefill_chunk_size tokens.
     supports_chunked_prefill = False
 
+    def prompt_in_chunk_form(self) -> bool:
+        """Whether the first prompt call takes the chunk form too (past_length 0), so that one compiled graph
+        serves every prompt call of a cache length (each graph keeps its own buffers on MindSpore's CPU)."""
+        return False
+
     def prepare_inputs_for_generation(self, input_ids: np.ndarray, attention_mask: np.ndarray,
                                       cache_length: int, past_length: int = 0) -> Dict[str, np.ndarray]:
         """The inputs of one forward_with_cache call, as numpy arrays, for a decoder-only model.
@@ -325,14 +330,16 @@ class PreTrainedModel(nn.Cell):
           cache_slot (1, 1, T, 1), True at the slot the token is written to;
         - a later chunk of a long prompt (S > 1 tokens after past_length, models with
           supports_chunked_prefill): bias (B, 1, S, T), causal over the whole cache; cache_slot (T,) int32,
-          for each slot the chunk's token written there (slot past_length + i takes token i), S elsewhere.
+          for each slot the chunk's token written there (slot past_length + i takes token i), S elsewhere;
+          also the first call's form when prompt_in_chunk_form() says so.
         """
         batch, length = input_ids.shape
         total = past_length + length
         mask = np.asarray(attention_mask, dtype=np.int64)[:, :total]
         positions = np.cumsum(mask, axis=1) - 1
         positions = np.where(mask == 0, 1, positions)[:, past_length:total].astype(np.int32)
-        if past_length == 0:
+        chunk_form = length > 1 and (past_length > 0 or self.prompt_in_chunk_form())
+        if not chunk_form and past_length == 0:
             causal = np.tril(np.ones((length, length), dtype=bool))
             allowed = causal[None] & (mask[:, None, :] != 0)
         else:
@@ -344,7 +351,7 @@ class PreTrainedModel(nn.Cell):
             causal = np.arange(cache_length)[None, :] <= (past_length + np.arange(length))[:, None]  # (S, T)
             allowed = causal[None] & visible[:, None, :]
         bias = np.where(allowed, 0.0, -1e9).astype(np.float32)[:, None]
-        if past_length and length > 1:
+        if chunk_form:
             slot = np.full(cache_length, length, dtype=np.int32)
             slot[past_length:total] = np.arange(length)
         else:
