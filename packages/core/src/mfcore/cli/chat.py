@@ -77,6 +77,12 @@ def run_chat(args, stdin=None) -> int:
     runtime.setup(device_target=spec.context.get("device_target"), mode=spec.context.get("mode"))
     model, source = load_model(spec, allow_random=False)
     tokenizer = load_tokenizer(spec, required=True)
+    try:  # a tokenizer without a chat template fails here, before the user types anything
+        tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True)
+    except ValueError as exc:
+        raise ConfigError("--tokenizer", f"{exc}. Chat needs a tokenizer with a chat template (chat_template in "
+                                         "tokenizer_config.json, or a tokenizer plugin that has one); for plain "
+                                         "completion use `mfcore run --predict_data TEXT`") from exc
     print(f"model: {source}. Type a message; /help lists the commands, an empty line or Ctrl-D ends.",
           file=sys.stderr)
     options = dict(max_new_tokens=args.max_new_tokens, eos_token_id=stop_ids(tokenizer), **sampling_kwargs(args))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Mapping, Optional
 
 from mfcore.utils.atomic import atomic_directory, atomic_write_text
 from mfcore.utils.locking import output_lock
@@ -176,6 +176,24 @@ TOKENIZER_SETTINGS = ("add_bos_token", "add_eos_token", "bos_token", "eos_token"
                       "model_max_length", "additional_special_tokens")
 
 
+def _with_preset_chat_template(tokenizer, preset_name):
+    """Hugging Face tokenizer files of a base model (Meta-Llama-3-8B's among them) load as a plain
+    PreTrainedTokenizerFast with no chat template; the preset's tokenizer class knows the family's layout
+    (Llama 3: header ids and <|eot_id|>), so chat takes that one instead of failing."""
+    if getattr(tokenizer, "chat_template", None) or getattr(tokenizer, "default_chat_template", None) or not preset_name:
+        return tokenizer
+    from mfcore.models.configuration import preset_or_none
+    from mfcore.plugins.manager import get_plugins
+
+    preset = preset_or_none(preset_name)
+    name = preset.tokenizer.get("type") if preset is not None and isinstance(preset.tokenizer, Mapping) else None
+    entry = get_plugins().tokenizers.find_by_class_name(name) if name else None
+    template = getattr(entry.load(), "default_chat_template", None) if entry is not None else None
+    if template is not None:
+        tokenizer.default_chat_template = template
+    return tokenizer
+
+
 def load_tokenizer(spec: TaskSpec, required: bool):
     """--tokenizer, else tokenizer files next to the weights, else processor.tokenizer, else the preset's."""
     from mfcore.models.auto import AutoTokenizer
@@ -199,7 +217,7 @@ def load_tokenizer(spec: TaskSpec, required: bool):
     for directory in candidates:
         if (directory / "tokenizer_config.json").exists():
             try:
-                return AutoTokenizer.from_pretrained(directory, **settings)
+                return _with_preset_chat_template(AutoTokenizer.from_pretrained(directory, **settings), spec.preset)
             except ConfigError as exc:
                 raise _prefixed(exc, "processor.tokenizer") from exc
     if spec.tokenizer_spec:
