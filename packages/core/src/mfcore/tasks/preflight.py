@@ -9,6 +9,7 @@ raised together as one ConfigError.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import List, Optional
 
@@ -85,6 +86,15 @@ def _check_model_config(model_config, preset, checkpoint) -> None:
     if not model_config and not preset and not checkpoint:
         return
     base_dir = Path(checkpoint) if checkpoint and Path(checkpoint).is_dir() else None
+    if base_dir is not None and not (base_dir / "config.json").exists() and (base_dir / "adapter_config.json").exists():
+        # an adapter (LoRA, prefix) directory: its config is the base model's, which the run loads from there
+        try:
+            base = json.loads((base_dir / "adapter_config.json").read_text(encoding="utf-8")).get("base_model")
+        except (OSError, ValueError, AttributeError):
+            base = None
+        base_dir = Path(base) if isinstance(base, str) and Path(base).is_dir() else None
+        if base_dir is None:
+            return  # the run itself reports an adapter whose base cannot be found
     if base_dir is None and not preset and not model_config:
         return
     if base_dir is None and not preset and "model_type" not in model_config and "type" not in model_config:
