@@ -184,16 +184,22 @@ def create_app(state: ServerState) -> FastAPI:
             return None
         return sequences, texts, tokens, prompt_scores, reasons
 
+    async def answer(request: Request, parse, stream):
+        """(served, plan, result of collect) of a request; or a response to return as it is (a stream, or 499
+        when the client went away)."""
+        served = ready()
+        plan = parse(await body_of(request), served)
+        if plan.stream:
+            return served, plan, StreamingResponse(stream(plan, request, served), media_type="text/event-stream",
+                                                   headers=STREAM_HEADERS)
+        result = await collect(plan, request)
+        return served, plan, JSONResponse({}, status_code=499) if result is None else result
+
     @app.post("/v1/completions")
     async def completions(request: Request):
-        served = ready()
-        plan = api.parse_completion(await body_of(request), served)
-        if plan.stream:
-            return StreamingResponse(stream_completion(plan, request, served), media_type="text/event-stream",
-                                     headers=STREAM_HEADERS)
-        result = await collect(plan, request)
-        if result is None:
-            return JSONResponse({}, status_code=499)
+        served, plan, result = await answer(request, api.parse_completion, stream_completion)
+        if not isinstance(result, tuple):
+            return result
         sequences, texts, tokens, prompt_scores, reasons = result
         tokenizer, k = served.tokenizer, plan.params.logprobs
         choices = []
@@ -238,14 +244,9 @@ def create_app(state: ServerState) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        served = ready()
-        plan = api.parse_chat(await body_of(request), served)
-        if plan.stream:
-            return StreamingResponse(stream_chat(plan, request, served), media_type="text/event-stream",
-                                     headers=STREAM_HEADERS)
-        result = await collect(plan, request)
-        if result is None:
-            return JSONResponse({}, status_code=499)
+        served, plan, result = await answer(request, api.parse_chat, stream_chat)
+        if not isinstance(result, tuple):
+            return result
         sequences, texts, tokens, _, reasons = result
         choices = [{"index": index, "message": {"role": "assistant", "content": text},
                     "logprobs": None if plan.params.logprobs is None else
