@@ -314,8 +314,9 @@ class LlamaAttention(nn.Cell):
         """rope = (rotation_q, rotation_k), each position's rotary matrix (B * S, D, D) (LlamaModel.rotation).
         A prompt x (B, S, hidden): attend within it and store it in cache slots 0..S-1 (after the prefix's
         slots when there is a prefix). A later chunk of a prompt, cache_slot (T,) naming the chunk's token
-        each slot takes (S: none): write the chunk there and attend over the whole cache (one graph for every chunk, so a long
-        prompt's intermediate buffers are a chunk's, not the prompt's). One token per row, x (B, hidden):
+        each slot takes (S: none): write the chunk there and attend over the whole cache (one graph for every
+        chunk, so a long prompt's intermediate buffers are a chunk's, not the prompt's). One token per row,
+        x (B, hidden):
         write it at `cache_slot` and attend over the whole cache (decode_one)."""
         if x.ndim == 2:
             return self.decode_one(x, rope[0], rope[1], bias, cache_slot, k_cache, v_cache)
