@@ -100,6 +100,23 @@ def test_completions_greedy_match_transformers(served, client):
     assert [c.text for c in batched_ids.choices] == [result.choices[1].text, result.choices[0].text]
 
 
+def test_packed_prefill_gives_each_prompt_the_logits_of_transformers(served):
+    """Prompts packed end to end into one row (one crossing a chunk boundary, one longer than a chunk): each
+    prompt's last-token logits equal transformers' on that prompt alone. Called while the engine is idle;
+    inserting into no slot leaves the decode batch alone."""
+    _, engine, hf, tokenizer = served
+    assert engine.packing
+    prompts = [tokenizer.encode(p) for p in (PROMPTS[0], PROMPTS[1], PROMPTS[5], PROMPTS[7])]
+    ends = np.cumsum([len(p) for p in prompts])
+    assert len(prompts[2]) > CHUNK and ends[1] < CHUNK < ends[2] and 2 * CHUNK < ends[3] < 3 * CHUNK
+    with engine.lock:  # the engine thread waits on this lock while idle
+        logits = engine._prefill_packed(prompts, insert_into=[])
+    for ids, got in zip(prompts, logits):
+        with torch.no_grad():
+            want = hf(torch.tensor([ids])).logits[0, -1].numpy()
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
 def test_echo_logprobs_are_the_prompt_log_probabilities_of_transformers(served, client):
     """What lm-eval's local-completions reads: echo + logprobs, one entry per prompt token (the first None)."""
     _, _, hf, tokenizer = served
@@ -282,7 +299,7 @@ def test_load_64_requests_from_16_clients_equal_alone_no_leak_no_recompile(serve
     shapes = {name: set(s) for name, s in engine.compiled_shapes.items()}
     capfd.readouterr()
     memory = rss_mb()
-    steps = engine.stats["steps"]
+    steps, prefills = engine.stats["steps"], engine.stats["prefills"]
     started = time.monotonic()
     with ThreadPoolExecutor(16) as pool:
         answers = list(pool.map(ask, requests))
@@ -299,6 +316,9 @@ def test_load_64_requests_from_16_clients_equal_alone_no_leak_no_recompile(serve
     # batching happened: far fewer decode steps than tokens
     tokens = sum(r["max_tokens"] for r in requests)
     assert engine.stats["steps"] - steps < tokens / 3
+    # prompts that waited together were prefilled together (packed into one row): fewer prefills than requests
+    # (with 4 slots most join one at a time, as a slot frees)
+    assert engine.packing and engine.stats["prefills"] - prefills < len(requests)
     print(f"load: 64 requests, 16 clients, {took:.1f} s, {engine.stats['steps'] - steps} steps for {tokens} tokens, "
           f"RSS {grown:+.0f} MB")
 

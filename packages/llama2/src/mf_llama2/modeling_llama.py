@@ -630,7 +630,9 @@ class LlamaForCausalLM(PreTrainedModel):
         shape = (batch_size, self.n_kv_heads, self.prefix_length() + cache_length, self.head_dim)
         return [(shape, self.kv_dtype)] * (2 * self.num_layers)
 
-    def forward_with_cache(self, input_ids, position_ids, attention_bias, cache_slot, *caches):
+    supports_logits_at = True
+
+    def forward_with_cache(self, input_ids, position_ids, attention_bias, cache_slot, *caches, logits_at=None):
         hidden = self.model.embed(input_ids)
         cos, sin = self.model.rotary(position_ids)
         batch, length = input_ids.shape
@@ -654,5 +656,7 @@ class LlamaForCausalLM(PreTrainedModel):
             hidden, k_cache, v_cache = layer.forward_with_cache(hidden, rope, bias, cache_slot, caches[2 * i],
                                                                 caches[2 * i + 1], prefixes[i])
             new_caches = new_caches + (k_cache, v_cache)
+        if logits_at is not None:  # chosen positions of a several-token call (packed prompts' last tokens)
+            return (self.logits(ops.gather(hidden, logits_at, 1)),) + new_caches
         logits = self.logits(hidden if length == 1 else hidden[:, -1])
         return (logits,) + new_caches

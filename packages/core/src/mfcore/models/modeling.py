@@ -303,9 +303,13 @@ class PreTrainedModel(nn.Cell):
         """(shape, dtype) of every KV-cache tensor for one generate call; the order forward_with_cache takes."""
         raise NotImplementedError(f"{type(self).__name__} does not implement the KV-cache protocol")
 
-    def forward_with_cache(self, input_ids, position_ids, attention_bias, cache_slot, *caches):
-        """Run the tokens not yet cached; return (logits of the last position (B, V) float32, *new caches)."""
+    def forward_with_cache(self, input_ids, position_ids, attention_bias, cache_slot, *caches, logits_at=None):
+        """Run the tokens not yet cached; return (logits of the last position (B, V) float32, *new caches).
+        With logits_at (K,) int32 (models with supports_logits_at), the logits of those positions of a
+        several-token call instead, (B, K, V): the last token of each prompt packed into one row."""
         raise NotImplementedError(f"{type(self).__name__} does not implement the KV-cache protocol")
+
+    supports_logits_at = False
 
     # A model that takes a prompt in pieces (forward_with_cache with past_length > 0 and several tokens) sets
     # this; generate then runs long prompts in chunks of GenerationConfig.prefill_chunk_size tokens.

@@ -1,17 +1,21 @@
 """The serving engine: one thread owns the model and runs a continuous decode batch.
 
-Slots are the rows of one static KV cache (max_batch rows, cache_length columns). A request takes a
-free slot, its prompt runs alone through a batch-1 prompt graph (bucketed length), and its keys and
-values are copied into its row by a small compiled graph (`_insert`), shifted so that the prompt's
-real tokens sit in columns 0..n-1. Then it decodes with every other active row, one token per step:
+Slots are the rows of one static KV cache (max_batch rows, cache_length columns). Waiting requests join
+between two decode steps, as many as there are free slots (up to `pack_length` prompt tokens at once):
+their prompts are packed end to end into ONE row and prefilled together, in chunks, through the batch-1
+prompt graph (`_pack`: each token sees only the earlier tokens of its own prompt, rotary positions
+counted per prompt, the logits read at each prompt's last token). The matmuls see every waiting token at
+once, so sixteen prompts cost one pass over the weights per chunk, not sixteen. A small compiled graph
+(`_insert`) then copies each prompt's keys and values from the packed row into its slot's row, real
+tokens in columns 0..n-1. Then they decode with every other active row, one token per step:
 each row has its own position, write column (cache_slot (B, 1, T, 1)) and visible columns
 (attention_bias (B, 1, 1, T)), so rows of different lengths share one compiled decode graph per row
 bucket (the first 1, 2, 4, ... max_batch slots: slots are taken lowest first, so one request runs a
-1-row step, not a max_batch one; all compiled at start by `warm_up`). A request
-joins between two steps (the others wait for its prompt), leaves when it stops, is cancelled or its
-client goes away, and its slot is free for the next one. Nothing recompiles while serving: the insert
-graph has one shape, decode one per row bucket, prompts one per length bucket (`compiled_shapes` counts
-them).
+1-row step, not a max_batch one). A request leaves when it stops, is cancelled or its client goes away,
+and its slot is free for the next one. Nothing recompiles while serving: `warm_up` compiles the insert
+graph, the decode graph of every row bucket and the prompt graph of every chunk width at start
+(`compiled_shapes` counts them). A model without packing support (no cache kernel, a prefix, no
+`logits_at`) prefills one prompt at a time through a batch-1 prompt graph per length bucket instead.
 
 The next token is chosen on the host from each row's logits with the request's own settings and its
 own seeded generator (mfcore.generation.sampling, the functions `generate` uses), so a seeded request
@@ -33,7 +37,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from mfcore.generation.config import GenerationConfig
-from mfcore.generation.decoding import bucket_length, prefill_chunk
+from mfcore.generation.decoding import DEFAULT_PREFILL_CHUNK, bucket_length, prefill_chunk
 from mfcore.generation.sampling import next_tokens
 
 TOP_LOGPROBS = 5  # the most alternatives per token the API returns (OpenAI's limit for completions)
@@ -114,6 +118,13 @@ class Engine:
         self.vocab_size = int(model.config.vocab_size)
         self.use_jit = use_jit
         self.prefill_chunk_size = prefill_chunk_size  # None: generate's default for the model
+        # Packed prefill (several prompts in one row) needs the chunk form's per-token bias and logits_at.
+        self.packing = bool(getattr(model, "supports_logits_at", False)) and model.prompt_in_chunk_form()
+        if self.packing:
+            size = {None: DEFAULT_PREFILL_CHUNK, 0: self.cache_length}.get(prefill_chunk_size, prefill_chunk_size)
+            self.chunk = 1 << (int(size).bit_length() - 1)  # a power of two divides every longer bucket
+            # The packed row's columns: the most prompt tokens prefilled at once (and at least one whole prompt).
+            self.pack_length = bucket_length(max(self.cache_length, 8 * self.chunk))
         self.pad_id = int(model.generation_config.pad_token_id or 0)
         self.slots: List[Optional[Sequence_]] = [None] * self.max_batch
         self.pending: collections.deque = collections.deque()
@@ -128,6 +139,7 @@ class Engine:
         self._decode_graphs: Dict[int, Callable] = {}
         self._build_graphs()
         self._caches = self._zero_caches(self.max_batch)
+        self._packed_caches = self._zero_caches(1, self.pack_length) if self.packing else None
         # host copies of the per-row decode inputs
         self._ids = np.full((self.max_batch, 1), self.pad_id, dtype=np.int32)
         self._positions = np.zeros((self.max_batch, 1), dtype=np.int32)
@@ -152,6 +164,21 @@ class Engine:
             return model.forward_with_cache(input_ids, position_ids, attention_bias, cache_slot, *caches)
 
 
+        def pack_step(input_ids, position_ids, attention_bias, cache_slot, logits_at, *caches):
+            return model.forward_with_cache(input_ids, position_ids, attention_bias, cache_slot, *caches,
+                                            logits_at=logits_at)
+
+        def insert_packed(columns, rows, *caches):
+            """Slots where `rows` (B, 1, 1, 1) is True <- columns of the packed row: column j of slot b takes
+            packed column columns[b * T + j] ((B * T,) int32)."""
+            half = len(caches) // 2
+            new = []
+            for packed, big in zip(caches[:half], caches[half:]):
+                taken = ops.gather(packed[0], columns, 1)  # (kv heads, B * T, head dim)
+                taken = taken.reshape(packed.shape[1], big.shape[0], big.shape[2], big.shape[3]).transpose(1, 0, 2, 3)
+                new.append(mint.where(rows, taken, big))
+            return tuple(new)
+
         def insert(row, order, *caches):
             """Row `row` (B, 1, 1, 1) bool of the big caches <- the batch-1 caches taken in column `order`
             (T,) (the prompt's real tokens first)."""
@@ -169,6 +196,7 @@ class Engine:
         self._prompt_step = jit(prompt_step)
         self._jit = jit
         self._insert, self._score = jit(insert), jit(score)
+        self._pack_step, self._insert_packed = jit(pack_step), jit(insert_packed)
 
     def _decode_graph(self, rows: int):
         """The decode step over the first `rows` slots (a row bucket): few requests do not pay for a full
@@ -193,9 +221,16 @@ class Engine:
         return next(b for b in self.row_buckets if b > highest_slot)
 
     def warm_up(self) -> None:
-        """Compile every row bucket's decode graph now (a step that writes no slot), so that serving never
-        compiles one while clients wait."""
+        """Compile every row bucket's decode graph now (a step that writes no slot), and with packing the
+        prompt graph of every chunk width and the insert graph (a pack of one token, inserted nowhere), so
+        that serving never compiles one while clients wait."""
         from mindspore import Tensor
+
+        if self.packing:
+            width = 16
+            while width <= self.chunk:
+                self._prefill_packed([[self.pad_id] * (width // 2 + 1)] * 1, insert_into=[])
+                width *= 2
 
         for rows in self.row_buckets:
             bias = np.zeros((rows, 1, 1, self.cache_length), dtype=np.float32)
@@ -205,12 +240,12 @@ class Engine:
             logits, *self._caches = self._decode_graph(rows)(*(Tensor(a) for a in args), *self._caches)
             logits.asnumpy()
 
-    def _zero_caches(self, batch: int):
+    def _zero_caches(self, batch: int, length: Optional[int] = None):
         from mindspore import Tensor
         import mindspore
 
         caches = []
-        for shape, dtype in self.model.kv_cache_shapes(batch, self.cache_length):
+        for shape, dtype in self.model.kv_cache_shapes(batch, length or self.cache_length):
             numpy_type = {mindspore.float32: np.float32, mindspore.float16: np.float16}.get(dtype)
             caches.append(Tensor.from_numpy(np.zeros(shape, numpy_type)) if numpy_type else
                           mindspore.ops.zeros(shape, dtype))
@@ -248,13 +283,17 @@ class Engine:
                 if self._stopping:
                     return
             self._drop_cancelled()
-            # A new prompt joins between steps: one per step while others decode, all free slots when idle.
-            admitted = 0
-            while self.pending and None in self.slots and (admitted == 0 or not self.running):
-                with self.lock:
-                    sequence = self.pending.popleft()
-                admitted += 1
-                self._guarded(sequence, self._start)
+            if self.packing:  # waiting prompts join between steps, all at once, packed into one prefill
+                group = self._take_group()
+                if group:
+                    self._start_group(group)
+            else:  # one prompt at a time: one per step while others decode, all free slots when idle
+                admitted = 0
+                while self.pending and None in self.slots and (admitted == 0 or not self.running):
+                    with self.lock:
+                        sequence = self.pending.popleft()
+                    admitted += 1
+                    self._guarded(sequence, self._start)
             if self.running:
                 try:
                     self._decode()
@@ -277,17 +316,121 @@ class Engine:
             self.pending = collections.deque(kept)
         self.stats["cancelled_pending"] += dropped
 
-    def _start(self, sequence: Sequence_) -> None:
-        """Prompt log-probabilities if asked, then the prompt into a free slot and the first token."""
-        from mindspore import Tensor
+    def _take_group(self) -> List[Sequence_]:
+        """The waiting sequences that join now: in arrival order, one per free slot, up to pack_length
+        prompt tokens in all."""
+        group, tokens = [], 0
+        with self.lock:
+            while self.pending and len(group) < self.slots.count(None):
+                n = len(self.pending[0].prompt_ids)
+                if group and tokens + n > self.pack_length:
+                    break
+                group.append(self.pending.popleft())
+                tokens += n
+        return group
 
+    def _before_prefill(self, sequence: Sequence_) -> bool:
+        """Prompt log-probabilities if asked; False when the sequence is already done (cancelled, or
+        max_tokens 0)."""
         if sequence.cancelled:
-            return self._finish(sequence, "cancelled")
+            self._finish(sequence, "cancelled")
+            return False
         self.stats["prompt_tokens"] += len(sequence.prompt_ids)
         if sequence.params.prompt_logprobs:
             sequence.emit("prompt", self.prompt_logprobs(sequence.prompt_ids))
         if sequence.params.max_tokens == 0:
-            return self._finish(sequence, "length")
+            self._finish(sequence, "length")
+            return False
+        return True
+
+    def _start_group(self, group: List[Sequence_]) -> None:
+        """The prompts of `group` packed into one prefill, each into a free slot, and their first tokens."""
+        ready = []
+        for sequence in group:
+            try:
+                if self._before_prefill(sequence):
+                    ready.append(sequence)
+            except Exception as exc:  # one request's failure is that request's only
+                self._finish(sequence, None, error=f"{type(exc).__name__}: {exc}")
+        if not ready:
+            return
+        free = [i for i, s in enumerate(self.slots) if s is None]
+        try:
+            logits = self._prefill_packed([s.prompt_ids for s in ready], insert_into=free[:len(ready)])
+        except Exception as exc:  # the model failed on this prefill: its requests learn why, the others go on
+            for sequence in ready:
+                self._finish(sequence, None, error=f"generation failed: {exc}")
+            return
+        self.stats["prefills"] += 1
+        for sequence, slot, row in zip(ready, free, logits):
+            self._occupy(sequence, slot)
+            self._guarded(sequence, lambda s: self._accept(s, row))
+
+    def _prefill_packed(self, prompts: List[List[int]], insert_into: List[int]) -> List[np.ndarray]:
+        """Prefill `prompts` packed end to end into one row of the packed cache, in chunks of the batch-1
+        prompt graph; copy prompt i's keys and values into slot insert_into[i] (columns 0..n-1); return
+        each prompt's last-token logits (float32 (V,))."""
+        from mindspore import Tensor
+
+        lengths = [len(p) for p in prompts]
+        total, columns = sum(lengths), self.pack_length
+        # Every chunk call has one shape: a pack longer than a chunk is padded to whole chunks, not to a bucket.
+        width = bucket_length(total) if total <= self.chunk else -(-total // self.chunk) * self.chunk
+        chunk = min(width, self.chunk)
+        ids = np.full(width, self.pad_id, dtype=np.int32)
+        positions = np.zeros(width, dtype=np.int32)
+        owner = -1 - np.arange(width)  # padding tokens belong to themselves: they see only their own column
+        starts = np.cumsum([0] + lengths[:-1])
+        for i, (prompt, start) in enumerate(zip(prompts, starts)):
+            ids[start:start + len(prompt)] = prompt
+            positions[start:start + len(prompt)] = np.arange(len(prompt))
+            owner[start:start + len(prompt)] = i
+        lasts = starts + np.asarray(lengths) - 1
+        # Token t sees column j <= t of its own prompt; the columns past the pack are never seen.
+        seen = np.zeros((width, columns), dtype=bool)
+        seen[:, :width] = (owner[:, None] == owner[None, :]) & np.tri(width, dtype=bool)
+        logits_per_prompt: List[Optional[np.ndarray]] = [None] * len(prompts)
+        wanted = min(self.max_batch, chunk)  # one chunk holds at most this many prompts' last tokens
+        for start in range(0, width, chunk):
+            cache_slot = np.full(columns, chunk, dtype=np.int32)
+            cache_slot[start:start + chunk] = np.arange(chunk)
+            here = [i for i, last in enumerate(lasts) if start <= last < start + chunk]
+            logits_at = np.zeros(wanted, dtype=np.int32)
+            logits_at[:len(here)] = lasts[here] - start
+            bias = np.where(seen[start:start + chunk], 0.0, -1e9).astype(np.float32)[None, None]
+            arrays = [ids[None, start:start + chunk], positions[None, start:start + chunk], bias, cache_slot, logits_at]
+            self._note_shape("prompt", *arrays)
+            logits, *self._packed_caches = self._pack_step(*(Tensor(a) for a in arrays), *self._packed_caches)
+            if here:
+                logits = logits.asnumpy()[0]
+                for k, i in enumerate(here):
+                    logits_per_prompt[i] = logits[k].astype(np.float32)
+        rows = np.zeros((self.max_batch, 1, 1, 1), dtype=bool)
+        taken = np.zeros((self.max_batch, self.cache_length), dtype=np.int32)
+        for slot, start, n in zip(insert_into, starts, lengths):
+            rows[slot] = True
+            taken[slot, :n] = np.arange(start, start + n)
+        self._note_shape("insert", taken.reshape(-1), rows)
+        self._caches = list(self._insert_packed(Tensor(taken.reshape(-1)), Tensor(rows), *self._packed_caches,
+                                                *self._caches))
+        return logits_per_prompt
+
+    def _occupy(self, sequence: Sequence_, slot: int) -> None:
+        """The sequence's prompt is in `slot`, columns 0..n-1: it decodes from column n."""
+        n = len(sequence.prompt_ids)
+        sequence.slot, sequence.position, sequence.column = slot, n, n
+        self.slots[slot] = sequence
+        self._visible[slot] = False
+        self._visible[slot, :n] = True
+
+    def _start(self, sequence: Sequence_) -> None:
+        """Prompt log-probabilities if asked, then the prompt alone into a free slot and the first token
+        (models without packed prefill)."""
+        from mindspore import Tensor
+
+        if not self._before_prefill(sequence):
+            return
+        self.stats["prefills"] += 1
         prompt = sequence.prompt_ids
         n = len(prompt)
         width = min(bucket_length(n), self.cache_length)
@@ -311,10 +454,7 @@ class Engine:
         order = (np.arange(self.cache_length) + (width - n)) % self.cache_length
         self._note_shape("insert", row, order)
         self._caches = list(self._insert(Tensor(row), Tensor(order.astype(np.int32)), *small, *self._caches))
-        sequence.slot, sequence.position, sequence.column = slot, n, n
-        self.slots[slot] = sequence
-        self._visible[slot] = False
-        self._visible[slot, :n] = True
+        self._occupy(sequence, slot)
         self._accept(sequence, logits.asnumpy()[0].astype(np.float32))
 
     def _decode(self) -> None:

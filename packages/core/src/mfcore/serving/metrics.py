@@ -42,6 +42,8 @@ class Metrics:
 
         metric("prompt_tokens_total", "counter", "Prompt tokens processed.", stats["prompt_tokens"])
         metric("generation_tokens_total", "counter", "Tokens generated.", stats["generation_tokens"])
+        metric("prefills_total", "counter", "Prefills run (each packs the prompts that joined together).",
+               stats["prefills"])
         metric("decode_steps_total", "counter", "Batched decode steps run.", stats["steps"])
         metric("request_errors_total", "counter", "Requests the engine failed.", stats["errors"])
         metric("queue_length", "gauge", "Sequences waiting for a slot.", engine.queue_length)
