@@ -70,8 +70,26 @@ def test_rolling_windows_are_lm_evals():
             assert rolling_windows(tokens, 3, max_seq_len, context_len) == expected, (length, max_seq_len, context_len)
 
 
-def test_scores_equal_transformers(models):
-    from mfcore.generation.scoring import loglikelihood_rolling, prompt_logprobs
+@pytest.fixture(params=["cache", "graph"])
+def scoring_path(request, models, monkeypatch):
+    """Both ways mfcore scores: through the KV cache in chunks, contexts shared (chunked_scoring.py, the default
+    where the model supports it), and the whole-sequence graphs (scoring.py, every other model)."""
+    from mfcore.generation import scoring
+    from mfcore.generation.chunked_scoring import supports_cached_scoring
+
+    if request.param == "cache" and not supports_cached_scoring(models[0]):
+        from mfcore.kernels import status
+
+        pytest.skip(f"no cache-attention kernel here ({status()}): scoring takes the graph path only")
+    original = scoring.token_logprobs
+    monkeypatch.setattr(scoring, "token_logprobs", lambda *a, **k: original(
+        *a, **dict(k, through_cache=request.param == "cache")))
+    return request.param
+
+
+def test_scores_equal_transformers(models, scoring_path):
+    from mfcore.generation.chunked_scoring import ROW_TOKENS
+    from mfcore.generation.scoring import loglikelihood_rolling, loglikelihood_tokens, prompt_logprobs
 
     ours, reference = models
     rng = np.random.default_rng(0)
@@ -82,14 +100,29 @@ def test_scores_equal_transformers(models):
     for _ in range(3):
         greedy.append(int(reference(torch.tensor([context + greedy])).logits[0, -1].argmax()))
     pairs.append((context, greedy))
+    greedy_pair = len(pairs) - 1
+    # Multiple choice: one context, several continuations (the cache path runs the context once for them all),
+    # a context longer than a chunk (32 tokens), a continuation spanning chunks, a one-token context.
+    shared = rng.integers(2, 300, 45).tolist()
+    pairs += [(shared, rng.integers(2, 300, n).tolist()) for n in (1, 4, 9, 40)] + [([7], [8, 9])] * 2
     scores = ours.loglikelihood([c for c, _ in pairs], [x for _, x in pairs], batch_size=4)
     for (c, x), (logprob, is_greedy) in zip(pairs, scores):
         picked, argmax = reference_logprobs(reference, c + x)
         assert logprob == pytest.approx(picked[-len(x):].sum(), rel=REL)
         assert is_greedy == bool(argmax[-len(x):].all())
-    assert scores[-1][1] is True
+    assert scores[greedy_pair][1] is True
 
-    ids = rng.integers(2, 300, 20).tolist()
+    # 24 choices of one context: more than one packed row (ROW_TOKENS) and more than one batch; then max_length
+    # cuts the context from the left, so choices of one context of different lengths share less of it
+    many = [(shared, rng.integers(2, 300, n).tolist()) for n in rng.integers(10, 40, 24)]
+    assert len(shared) + sum(len(x) for _, x in many) > ROW_TOKENS
+    for limit in (None, 64):
+        scored = loglikelihood_tokens(ours, many, batch_size=2, max_length=limit)
+        for (c, x), (logprob, _) in zip(many, scored):
+            window = (c + x)[-(limit or len(c + x)) - 1:]
+            assert logprob == pytest.approx(reference_logprobs(reference, window)[0][-len(x):].sum(), rel=REL)
+
+    ids = rng.integers(2, 300, 100).tolist()  # longer than a chunk and than the graph path's first buckets
     aligned = prompt_logprobs(ours, ids)
     assert len(aligned) == len(ids) and aligned[0] is None
     np.testing.assert_allclose(aligned[1:], reference_logprobs(reference, ids)[0], rtol=REL)

@@ -2,12 +2,16 @@
 per-token log-probs of a prompt. What lm-evaluation-harness asks of a model (and what an OpenAI-style
 server needs for `echo` + `logprobs`), with lm-eval's semantics, so scores equal those of its `hf` backend.
 
+Models that can (Llama with mfcore's cache-attention kernel) score through the KV cache in fixed-size chunks,
+each distinct context once for all its continuations (chunked_scoring.py): a graph's buffers are a chunk's.
+The others, and `through_cache=False`, take the whole-sequence graphs below.
+
 One compiled graph per (batch, length, scored positions) bucket does the work: the model's forward with
 the output head on the scored positions only (`model(input_ids, gather_index=...)`, logits (B, K, V): a
 continuation's K tokens, not the context's), then log_softmax, the log-prob of each next token and whether
-it is the argmax; only (B, K) numbers come back to the host, never the logits. Sequences are right-padded to a bucket length
-(`score_length_bucket`) and batches to a power of two, so a whole evaluation compiles a handful
-of graphs. Right padding changes nothing for a causal model: a real token never sees the pad after it.
+it is the argmax; only (B, K) numbers come back to the host, never the logits. Sequences are right-padded
+to a bucket length (`score_length_bucket`) and batches to a power of two, so a whole evaluation compiles a
+handful of graphs. Right padding changes nothing for a causal model: a real token never sees the pad after it.
 
 Pure functions (no MindSpore): `rolling_windows` (lm-eval's get_rolling_token_windows + make_disjoint_window).
 """
@@ -17,8 +21,8 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .chunked_scoring import cached_token_logprobs, supports_cached_scoring
 from .decoding import bucket_length
-
 
 
 # -- windows (pure) ---------------------------------------------------------------------------------
@@ -122,13 +126,13 @@ def _batch_bucket(n: int, batch_size: int, width: int) -> int:
 
 def token_logprobs(model, sequences: Sequence[Sequence[int]], batch_size: int = 8, use_jit: bool = True,
                    progress: Optional[Callable[[int], None]] = None,
-                   score_last: Optional[Sequence[int]] = None) -> List[Tuple[np.ndarray, np.ndarray]]:
+                   score_last: Optional[Sequence[int]] = None,
+                   through_cache: Optional[bool] = None) -> List[Tuple[np.ndarray, np.ndarray]]:
     """For every sequence of ids, the log-prob of each token given the ones before it and whether it was the
     argmax: (logprobs (n - 1,) float32, greedy (n - 1,) bool) for the tokens 1..n-1 (token 0 has no
     prediction); with score_last, only for each sequence's last score_last[i] tokens. Batched longest
-    first; `progress(k)` is called after each batch of k sequences."""
-    from mindspore import Tensor
-
+    first; `progress(k)` is called after each batch of k sequences. through_cache: score through the KV cache
+    in chunks (chunked_scoring.py); None = where the model supports it, False = the whole-sequence graphs."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     rows = [np.asarray(s, dtype=np.int64).reshape(-1) for s in sequences]
@@ -140,40 +144,57 @@ def token_logprobs(model, sequences: Sequence[Sequence[int]], batch_size: int = 
         if not 1 <= counts[i] <= len(row) - 1:
             raise ValueError(f"sequence {i}: cannot score its last {counts[i]} of {len(row)} tokens")
     vocab = getattr(model.config, "vocab_size", None)
-    score = _score_function(model, use_jit)
-    results: List[Optional[Tuple[np.ndarray, np.ndarray]]] = [None] * len(rows)
-    order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))  # longest first: a batch pads to its first
+    for i, row in enumerate(rows):  # before any graph runs: an id outside the table breaks them
+        if vocab is not None and (row.min() < 0 or row.max() >= vocab):
+            raise ValueError(f"sequence {i}: token id {int(row.max() if row.max() >= vocab else row.min())}"
+                             f" is outside the vocabulary [0, {vocab})")
+    cached = supports_cached_scoring(model) if through_cache is None else bool(through_cache)
+    if cached and not supports_cached_scoring(model):
+        raise ValueError(f"through_cache=True: {type(model).__name__} cannot score through its KV cache here "
+                         "(it needs forward_with_cache(logits_at=), chunked prefill and the chunk form)")
     was_training = getattr(model, "training", False)
     if was_training:
         model.set_train(False)
     try:
-        begin = 0
-        while begin < len(order):
-            width = score_length_bucket(len(rows[order[begin]]) - 1)
-            height = _batch_bucket(len(order), batch_size, width)
-            batch = order[begin:begin + height]
-            begin += len(batch)
-            scored = _scored_bucket(max(counts[i] for i in batch), width)
-            ids = np.zeros((height, width), dtype=np.int32)
-            positions = np.zeros((height, scored), dtype=np.int32)
-            targets = np.zeros((height, scored), dtype=np.int32)
-            for r, i in enumerate(batch):
-                row, n = rows[i], counts[i]
-                if vocab is not None and (row.min() < 0 or row.max() >= vocab):
-                    raise ValueError(f"sequence {i}: token id {int(row.max() if row.max() >= vocab else row.min())}"
-                                     f" is outside the vocabulary [0, {vocab})")
-                ids[r, :len(row) - 1] = row[:-1]
-                positions[r, :n] = np.arange(len(row) - 1 - n, len(row) - 1)  # position t predicts token t + 1
-                targets[r, :n] = row[len(row) - n:]
-            picked, greedy = score(Tensor(ids), Tensor(positions), Tensor(targets))
-            picked, greedy = picked.asnumpy(), greedy.asnumpy()
-            for r, i in enumerate(batch):
-                results[i] = (picked[r, :counts[i]].astype(np.float32), greedy[r, :counts[i]].astype(bool))
-            if progress is not None:
-                progress(len(batch))
+        if cached:
+            return cached_token_logprobs(model, [row[:-1] for row in rows],
+                                         [row[len(row) - n:] for row, n in zip(rows, counts)],
+                                         batch_size=batch_size, use_jit=use_jit, progress=progress)
+        return _graph_token_logprobs(model, rows, counts, batch_size, use_jit, progress)
     finally:
         if was_training:
             model.set_train(True)
+
+
+def _graph_token_logprobs(model, rows: List[np.ndarray], counts: List[int], batch_size: int, use_jit: bool,
+                          progress: Optional[Callable[[int], None]]) -> List[Tuple[np.ndarray, np.ndarray]]:
+    """token_logprobs through the whole-sequence scoring graphs (_score_function)."""
+    from mindspore import Tensor
+
+    score = _score_function(model, use_jit)
+    results: List[Optional[Tuple[np.ndarray, np.ndarray]]] = [None] * len(rows)
+    order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))  # longest first: a batch pads to its first
+    begin = 0
+    while begin < len(order):
+        width = score_length_bucket(len(rows[order[begin]]) - 1)
+        height = _batch_bucket(len(order), batch_size, width)
+        batch = order[begin:begin + height]
+        begin += len(batch)
+        scored = _scored_bucket(max(counts[i] for i in batch), width)
+        ids = np.zeros((height, width), dtype=np.int32)
+        positions = np.zeros((height, scored), dtype=np.int32)
+        targets = np.zeros((height, scored), dtype=np.int32)
+        for r, i in enumerate(batch):
+            row, n = rows[i], counts[i]
+            ids[r, :len(row) - 1] = row[:-1]
+            positions[r, :n] = np.arange(len(row) - 1 - n, len(row) - 1)  # position t predicts token t + 1
+            targets[r, :n] = row[len(row) - n:]
+        picked, greedy = score(Tensor(ids), Tensor(positions), Tensor(targets))
+        picked, greedy = picked.asnumpy(), greedy.asnumpy()
+        for r, i in enumerate(batch):
+            results[i] = (picked[r, :counts[i]].astype(np.float32), greedy[r, :counts[i]].astype(bool))
+        if progress is not None:
+            progress(len(batch))
     return results
 
 
@@ -200,10 +221,12 @@ def _max_length(model, max_length: Optional[int]) -> int:
 
 def loglikelihood_tokens(model, pairs: Sequence[Tuple[Sequence[int], Sequence[int]]], batch_size: int = 8,
                          max_length: Optional[int] = None, use_jit: bool = True,
-                         progress: Optional[Callable[[int], None]] = None) -> List[Tuple[float, bool]]:
+                         progress: Optional[Callable[[int], None]] = None,
+                         through_cache: Optional[bool] = None) -> List[Tuple[float, bool]]:
     """(sum of log p(continuation | context), whether every continuation token is the argmax) per
     (context ids, continuation ids) pair, as lm-eval's hf backend computes it: the model sees at most
-    max_length tokens, the context cut from the left when context + continuation is longer."""
+    max_length tokens, the context cut from the left when context + continuation is longer. through_cache:
+    see token_logprobs."""
     limit = _max_length(model, max_length)
     sequences, counts = [], []
     for i, (context, continuation) in enumerate(pairs):
@@ -217,7 +240,7 @@ def loglikelihood_tokens(model, pairs: Sequence[Tuple[Sequence[int], Sequence[in
         sequences.append((context + continuation)[-(limit + 1):])
         counts.append(len(continuation))
     scored = token_logprobs(model, sequences, batch_size=batch_size, use_jit=use_jit, progress=progress,
-                            score_last=counts)
+                            score_last=counts, through_cache=through_cache)
     return [(float(np.sum(picked, dtype=np.float64)), bool(greedy.all())) for picked, greedy in scored]
 
 
