@@ -3,12 +3,13 @@ torch, fp32), same checkpoint, same requests, same batch size, on this CPU. Run 
 
     python benchmarks/eval.py [--model DIR | --size small] [--requests 256] [--batch-size 8] [--json FILE]
 
-The requests are a multiple-choice workload shaped like hellaswag: each document is a context of 40-120
-tokens of words from a fixed vocabulary list and 4 continuations of 4-16 tokens, scored as lm-eval's
+The requests are a multiple-choice workload shaped like hellaswag: each document is a context of 30-90 words
+from a fixed vocabulary list (40-135 tokens) and 4 continuations of 3-12 words (5-21 tokens), scored as lm-eval's
 `loglikelihood` requests (Instance objects through the backend's own loglikelihood, so both sides tokenize,
 sort, batch and pad as they do inside lm_eval.simple_evaluate). Without --model, a random Llama of
---size (small: hidden 768, 12 layers, vocab 32000, ~110M parameters) is built by transformers and saved
-with a byte-level BPE tokenizer trained on the word list.
+--size (small: hidden 768, 12 layers, vocab 32000, ~110M parameters; medium: hidden 1536, 16 layers, 4 of 12
+key/value heads, ~450M) is built by transformers and saved with a byte-level BPE tokenizer trained on the
+word list.
 
 Each backend runs in its own worker process, one after the other (OMP_WAIT_POLICY=PASSIVE, so the idle one
 cannot spin on the cores): a warm-up pass on the first 32 requests (mfcore compiles its buckets here), then
@@ -36,6 +37,8 @@ WORDS = ("the a of to and in is was for on with as by at from that it his her th
          "big small old new good bad long short high low red blue green white black hot cold fast slow").split()
 SIZES = {"small": dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12,
                        num_key_value_heads=12, vocab_size=32000, tie_word_embeddings=True),
+         "medium": dict(hidden_size=1536, intermediate_size=4096, num_hidden_layers=16, num_attention_heads=12,
+                        num_key_value_heads=4, vocab_size=32000, tie_word_embeddings=True),
          "tiny": dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=8,
                       num_key_value_heads=4, vocab_size=1000, tie_word_embeddings=False)}
 

@@ -33,6 +33,9 @@ from .decoding import _step_function, _zeros, bucket_length
 
 CHUNK = 32         # tokens per row and call: a row is padded to a multiple of it
 ROW_TOKENS = 512   # a packed row takes tails while it stays within this (one request alone may be longer)
+# Cache lengths are generate's buckets from this up: every row up to 256 tokens shares one pair of graphs (each
+# pair compiles in ~5 s at 110M; a shorter cache saved no measurable time per call, benchmarks/RESULTS.md).
+MIN_CACHE_LENGTH = 256
 # Rows x cache slots one call holds at most: the caches (and the kernel's new copies of them, kept as graph
 # buffers) grow with it; long rows run fewer at a time. 8 rows x 512 slots: 0.3 GB of caches at 110M.
 CACHE_SLOTS_PER_CALL = 4096
@@ -116,7 +119,7 @@ def cached_token_logprobs(model, inputs: Sequence[np.ndarray], targets: Sequence
     begin = 0
     while begin < len(order):
         width = _round_up(row_length[order[begin]], CHUNK)
-        cache_length = bucket_length(width, minimum=64)
+        cache_length = bucket_length(width, minimum=MIN_CACHE_LENGTH)
         height = _rows_for(cache_length, batch_size)
         batch = order[begin:begin + height]
         begin += len(batch)
