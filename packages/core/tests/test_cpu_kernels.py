@@ -141,6 +141,20 @@ def test_decode_attention_writes_the_slot_and_attends(kernels):
     expected_k[np.arange(batch), :, [2, 9, 15]] = k
     np.testing.assert_array_equal(k_rows, expected_k)
     np.testing.assert_array_equal(k_cache, before)  # the input cache is not written in place
+    # the first rows of a larger cache (a server's row bucket): those rows decode, the others are kept
+    wide_k, wide_v = (np.concatenate((c, rng.standard_normal((2,) + c.shape[1:]).astype(np.float32))) for c in
+                      (k_cache, v_cache))
+    out_wide, k_wide, v_wide = (t.asnumpy() for t in call(Tensor(q), Tensor(k), Tensor(v), Tensor(wide_k),
+                                                           Tensor(wide_v), Tensor(bias), Tensor(rows_slot)))
+    np.testing.assert_array_equal(k_wide[:batch], expected_k)
+    np.testing.assert_array_equal(k_wide[batch:], wide_k[batch:])
+    np.testing.assert_array_equal(v_wide[batch:], wide_v[batch:])
+    _, _, v_rows = (t.asnumpy() for t in call(Tensor(q), Tensor(k), Tensor(v), Tensor(k_cache), Tensor(v_cache),
+                                               Tensor(bias), Tensor(rows_slot)))
+    np.testing.assert_array_equal(v_wide[:batch], v_rows)
+    out_rows = call(Tensor(q), Tensor(k), Tensor(v), Tensor(k_cache), Tensor(v_cache), Tensor(bias),
+                    Tensor(rows_slot))[0].asnumpy()
+    np.testing.assert_array_equal(out_wide, out_rows)
 
 
 @pytest.mark.parametrize("past,seen_keys", [(5, 16), (0, 4)])  # a chunk over the whole cache; a prompt

@@ -528,6 +528,10 @@ class LlamaForCausalLM(PreTrainedModel):
         # with mfcore's cache kernel and no prefix to write first (the prefix comes with the first prompt call)
         return self.prefix_encoder is None and self.model.layers[0].attention.cache_attention is not None
 
+    def decodes_leading_rows(self) -> bool:
+        # the decode kernel attends the first rows of larger caches and keeps the others as they are
+        return self.model.layers[0].attention.decode_attention is not None
+
     def with_prefix_columns(self, bias):
         """bias (..., T) with the prefix's columns (always visible) in front."""
         visible = ops.zeros(bias.shape[:-1] + (self.prefix_length(),), bias.dtype)

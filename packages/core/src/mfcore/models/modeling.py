@@ -311,6 +311,11 @@ class PreTrainedModel(nn.Cell):
 
     supports_logits_at = False
 
+    def decodes_leading_rows(self) -> bool:
+        """Whether a one-token-per-row call may hold fewer rows than the caches: the first rows decode and the
+        others come back unchanged (a server's row buckets then never slice the caches apart)."""
+        return False
+
     # A model that takes a prompt in pieces (forward_with_cache with past_length > 0 and several tokens) sets
     # this; generate then runs long prompts in chunks of GenerationConfig.prefill_chunk_size tokens.
     supports_chunked_prefill = False

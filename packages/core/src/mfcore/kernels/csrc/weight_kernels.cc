@@ -6,9 +6,11 @@
 //   MfcoreLinearF16   y = x . W^T            W (N, K) float16
 //   MfcoreLinearInt8  y = (x . Wq^T) * s     Wq (N, K) int8, s (N) float32: round-to-nearest, per channel
 //   MfcoreEmbedBf16   y = table[ids]         table (V, H) bfloat16 -> float32 rows
-// x is (rows, K). Few rows (decode) stream each weight row once for all rows: memory bound. Many rows
-// (prefill) widen a block of 4 weight rows once into a float32 buffer and run 4x4 register tiles over it:
-// compute bound; bfloat16 weights on AVX512_BF16 CPUs use vdpbf16ps instead (linear_bf16_dot). Both split the output channels over the OpenMP threads. The vector width is chosen when
+// x is (rows, K). One row (decode) streams each weight row once: memory bound. On AVX512_BF16 CPUs,
+// bfloat16 and int8 weights with two rows or more take vdpbf16ps on tiles of 4 weight rows by up to 6 rows
+// of x (linear_bf16_dot: memory bound up to ~6 rows, then compute bound). Elsewhere up to 4 rows stream,
+// and more rows widen a block of 4 weight rows once into a float32 buffer and run 4x4 register tiles over
+// it. All split the output channels over the OpenMP threads. The vector width is chosen when
 // the library is compiled for the machine it runs on (-march=native): AVX-512, AVX2 + F16C + FMA, or
 // plain C++ where neither exists.
 #include <cstdint>
@@ -101,7 +103,7 @@ template <class W>
 inline Vec wload(const typename W::T* p, W) { return {W::one(*p)}; }
 #endif
 
-constexpr int64_t kDecodeRows = 4;  // up to this many rows, weights are streamed (decode)
+constexpr int64_t kDecodeRows = 4;  // up to this many rows, weights are streamed (without vdpbf16ps)
 constexpr int64_t kTile = 4;        // prefill register tile: 4 rows of x by 4 rows of W
 
 // One row of x against one weight row: four independent sums, so that the loads and conversions of the
@@ -242,6 +244,39 @@ void int8_as_bf16(const int8_t* w, int64_t count, uint16_t* out) {
   }
 }
 
+constexpr int kDotW = 4;  // register tile of the vdpbf16ps path: 4 weight rows ...
+constexpr int kDotX = 6;  // ... by up to 6 rows of x: 24 accumulators + 4 + 1 registers of the 32 (1.8x the
+                          // 4 x 4 tile's flops at 128 rows on Zen 4; 7 rows spill)
+
+// One tile: `count` (<= kDotX, a compile-time bound so the accumulators stay in registers) rows of x
+// against kDotW weight rows over the whole of k, summed into y. X = the number of x rows this instance
+// holds; the caller picks the instance with X == count, so no row is computed twice.
+template <int X>
+void dot_tile(const uint16_t* const xr[], const uint16_t* const wr[kDotW], int64_t k, int64_t full, __mmask32 tail,
+              float out[kDotX][kDotW]) {
+  __m512 acc[X][kDotW];
+  for (auto& row : acc)
+    for (auto& a : row) a = _mm512_setzero_ps();
+  for (int64_t i = 0; i < full; i += 32) {  // kDotW + X loads feed kDotW * X dot products
+    __m512bh wv[kDotW];
+    for (int c = 0; c < kDotW; ++c) wv[c] = load32(wr[c] + i);
+    for (int r = 0; r < X; ++r) {
+      const __m512bh xv = load32(xr[r] + i);
+      for (int c = 0; c < kDotW; ++c) acc[r][c] = _mm512_dpbf16_ps(acc[r][c], xv, wv[c]);
+    }
+  }
+  if (tail)
+    for (int r = 0; r < X; ++r)
+      for (int c = 0; c < kDotW; ++c) acc[r][c] = dot32(acc[r][c], xr[r] + full, wr[c] + full, tail);
+  for (int r = 0; r < X; ++r)
+    for (int c = 0; c < kDotW; ++c) out[r][c] = _mm512_reduce_add_ps(acc[r][c]);
+}
+
+using DotTile = void (*)(const uint16_t* const[], const uint16_t* const[kDotW], int64_t, int64_t, __mmask32,
+                         float[kDotX][kDotW]);
+constexpr DotTile kDotTiles[kDotX + 1] = {nullptr, dot_tile<1>, dot_tile<2>, dot_tile<3>, dot_tile<4>, dot_tile<5>,
+                                          dot_tile<6>};
+
 // W is bfloat16 (used in place) or int8 (a block of 4 rows turned into bfloat16 per step, then scaled).
 template <class W>
 void linear_bf16_dot(const float* x, const typename W::T* w, const float* scale, float* y, int64_t rows, int64_t n,
@@ -256,47 +291,29 @@ void linear_bf16_dot(const float* x, const typename W::T* w, const float* scale,
     std::memcpy(&bits, x + i, sizeof bits);
     xb[i] = static_cast<uint16_t>((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
   }
-  const int64_t blocks = (n + kTile - 1) / kTile, full = k / 32 * 32;
+  const int64_t blocks = (n + kDotW - 1) / kDotW, full = k / 32 * 32;
   const __mmask32 tail = k > full ? static_cast<__mmask32>((1ull << (k - full)) - 1) : 0;
   constexpr bool kInt8 = sizeof(typename W::T) == 1;
 #pragma omp parallel
   {
-    std::vector<uint16_t> block(kInt8 ? kTile * k : 0);
+    std::vector<uint16_t> block(kInt8 ? kDotW * k : 0);
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < blocks; ++b) {
-      const int64_t j0 = b * kTile, cols = n - j0 < kTile ? n - j0 : kTile;
-      const uint16_t* wr[kTile];
+      const int64_t j0 = b * kDotW, cols = n - j0 < kDotW ? n - j0 : kDotW;
+      const uint16_t* wr[kDotW];
       if (kInt8) int8_as_bf16(reinterpret_cast<const int8_t*>(w) + j0 * k, cols * k, block.data());
-      for (int c = 0; c < kTile; ++c) {
+      for (int c = 0; c < kDotW; ++c) {
         const int64_t row = c < cols ? c : cols - 1;
         wr[c] = kInt8 ? block.data() + row * k : reinterpret_cast<const uint16_t*>(w) + (j0 + row) * k;
       }
-      for (int64_t r0 = 0; r0 < rows; r0 += kTile) {
-        const int64_t count = rows - r0 < kTile ? rows - r0 : kTile;
-        const uint16_t* xr[kTile];
-        for (int r = 0; r < kTile; ++r) xr[r] = xb.data() + (r0 + (r < count ? r : count - 1)) * k;
-        __m512 acc[kTile][kTile];
-        for (auto& row : acc)
-          for (auto& a : row) a = _mm512_setzero_ps();
-        for (int64_t i = 0; i < full; i += 32) {  // 4 + 4 loads feed 16 dot products
-          const __m512bh w0 = load32(wr[0] + i), w1 = load32(wr[1] + i), w2 = load32(wr[2] + i),
-                         w3 = load32(wr[3] + i);
-          for (int r = 0; r < kTile; ++r) {
-            const __m512bh xv = load32(xr[r] + i);
-            acc[r][0] = _mm512_dpbf16_ps(acc[r][0], xv, w0);
-            acc[r][1] = _mm512_dpbf16_ps(acc[r][1], xv, w1);
-            acc[r][2] = _mm512_dpbf16_ps(acc[r][2], xv, w2);
-            acc[r][3] = _mm512_dpbf16_ps(acc[r][3], xv, w3);
-          }
-        }
-        if (tail)
-          for (int r = 0; r < kTile; ++r)
-            for (int c = 0; c < kTile; ++c) acc[r][c] = dot32(acc[r][c], xr[r] + full, wr[c] + full, tail);
+      for (int64_t r0 = 0; r0 < rows; r0 += kDotX) {
+        const int64_t count = rows - r0 < kDotX ? rows - r0 : kDotX;
+        const uint16_t* xr[kDotX];
+        for (int64_t r = 0; r < count; ++r) xr[r] = xb.data() + (r0 + r) * k;
+        float out[kDotX][kDotW];
+        kDotTiles[count](xr, wr, k, full, tail, out);
         for (int64_t r = 0; r < count; ++r)
-          for (int64_t c = 0; c < cols; ++c) {
-            const float sum = _mm512_reduce_add_ps(acc[r][c]);
-            y[(r0 + r) * n + j0 + c] = scale ? sum * scale[j0 + c] : sum;
-          }
+          for (int64_t c = 0; c < cols; ++c) y[(r0 + r) * n + j0 + c] = scale ? out[r][c] * scale[j0 + c] : out[r][c];
       }
     }
   }
@@ -330,16 +347,18 @@ int linear_entry(int nparam, void** params, int* ndims, int64_t** shapes, const 
   const auto* w = static_cast<const typename W::T*>(params[1]);
   const float* scale = scaled ? static_cast<const float*>(params[2]) : nullptr;
   float* y = static_cast<float*>(params[out]);
-  if (rows <= kDecodeRows) {
-    linear_streaming<W>(x, w, scale, y, rows, n, k);
-    return 0;
-  }
 #if defined(__AVX512BF16__)
-  if ((is(wtype, "bfloat16") || is(wtype, "int8")) && !float32_activations()) {
+  // Two rows and more take vdpbf16ps (memory bound until ~6 rows, then the tile's flops); one row keeps
+  // float32 activations and streams (as fast: the weights' bandwidth is the limit).
+  if (rows > 1 && (is(wtype, "bfloat16") || is(wtype, "int8")) && !float32_activations()) {
     linear_bf16_dot<W>(x, w, scale, y, rows, n, k);
     return 0;
   }
 #endif
+  if (rows <= kDecodeRows) {
+    linear_streaming<W>(x, w, scale, y, rows, n, k);
+    return 0;
+  }
   linear_tiled<W>(x, w, scale, y, rows, n, k);
   return 0;
 }
