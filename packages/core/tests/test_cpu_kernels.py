@@ -157,6 +157,19 @@ def test_decode_attention_writes_the_slot_and_attends(kernels):
     np.testing.assert_array_equal(out_wide, out_rows)
 
 
+def test_cache_insert_copies_packed_columns_into_the_chosen_slots(kernels):
+    rng = np.random.default_rng(5)
+    packed = rng.standard_normal((1, 2, 24, 8)).astype(np.float32)
+    cache = rng.standard_normal((4, 2, 10, 8)).astype(np.float32)
+    columns = rng.integers(0, 24, (4, 10)).astype(np.int32)
+    rows = np.array([False, True, False, True])
+    got = compiled(kernels.cache_insert)(Tensor(packed), Tensor(cache), Tensor(columns), Tensor(rows)).asnumpy()
+    expected = cache.copy()
+    for b in np.flatnonzero(rows):
+        expected[b] = packed[0][:, columns[b]]
+    np.testing.assert_array_equal(got, expected)
+
+
 @pytest.mark.parametrize("past,seen_keys", [(5, 16), (0, 4)])  # a chunk over the whole cache; a prompt
 def test_cache_attention_writes_the_chunk_and_attends(kernels, past, seen_keys):
     call = compiled(kernels.cache_attention)

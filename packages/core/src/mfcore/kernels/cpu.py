@@ -78,6 +78,9 @@ class DecodeKernels(NamedTuple):
     # k_cache, v_cache (B, G, T, D), bias (B|1, 1, 1, S, Tb <= T), index (T,) int32: the token each slot takes,
     # S for none) -> (out like q, k_cache', v_cache')
     cache_attention: object
+    # Packed prompts into a server's slots: (packed (1, G, P, D), cache (B, G, T, D), columns (B, T) int32,
+    # rows (B,) bool) -> the cache with row b's column j = packed column columns[b, j] where rows[b]
+    cache_insert: object
 
 
 def decode_kernels() -> Optional[DecodeKernels]:
@@ -129,7 +132,8 @@ def _build():
                                                     lambda q, k, v, kc, vc, bias, slot: (q, kc, vc)),
                             cache_attention=custom("MfcoreCacheAttention",
                                                    lambda q, k, v, kc, vc, bias, index: (q, kc, vc),
-                                                   lambda q, k, v, kc, vc, bias, index: (q, kc, vc)))
+                                                   lambda q, k, v, kc, vc, bias, index: (q, kc, vc)),
+                            cache_insert=custom("MfcoreCacheInsert", lambda packed, cache, columns, rows: cache))
     return kernels, f"on: {library}"
 
 
