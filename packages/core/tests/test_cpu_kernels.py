@@ -155,6 +155,13 @@ def test_decode_attention_writes_the_slot_and_attends(kernels):
     out_rows = call(Tensor(q), Tensor(k), Tensor(v), Tensor(k_cache), Tensor(v_cache), Tensor(bias),
                     Tensor(rows_slot))[0].asnumpy()
     np.testing.assert_array_equal(out_wide, out_rows)
+    # in place: the given caches are written (the graph runs on their memory), the output is the same
+    in_k, in_v = Tensor(wide_k.copy()), Tensor(wide_v.copy())
+    out_in_place = compiled(kernels.decode_attention_in_place)(Tensor(q), Tensor(k), Tensor(v), in_k, in_v,
+                                                               Tensor(bias), Tensor(rows_slot)).asnumpy()
+    np.testing.assert_array_equal(out_in_place, out_rows)
+    np.testing.assert_array_equal(in_k.asnumpy(), k_wide)
+    np.testing.assert_array_equal(in_v.asnumpy(), v_wide)
 
 
 def test_cache_insert_copies_packed_columns_into_the_chosen_slots(kernels):

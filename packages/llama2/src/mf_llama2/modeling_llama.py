@@ -235,6 +235,7 @@ class LlamaAttention(nn.Cell):
         kernels = fused_kernels(compute_dtype)  # float32 prompt attention that skips masked cache slots
         self.prompt_attention = kernels.attention if kernels else None
         self.decode_attention = kernels.decode_attention if kernels else None
+        self.decode_attention_in_place = kernels.decode_attention_in_place if kernels else None
         self.cache_attention = kernels.cache_attention if kernels else None
 
     def qkv(self, x):
@@ -310,7 +311,7 @@ class LlamaAttention(nn.Cell):
         out = self.attend(q, k, v, bias)
         return self.wo(out.permute(0, 3, 1, 2, 4).reshape(batch, length, self.num_heads * self.head_dim))
 
-    def forward_with_cache(self, x, rope, bias, cache_slot, k_cache, v_cache, prefix=None):
+    def forward_with_cache(self, x, rope, bias, cache_slot, k_cache, v_cache, prefix=None, in_place=False):
         """rope = (rotation_q, rotation_k), each position's rotary matrix (B * S, D, D) (LlamaModel.rotation).
         A prompt x (B, S, hidden): attend within it and store it in cache slots 0..S-1 (after the prefix's
         slots when there is a prefix). A later chunk of a prompt, cache_slot (T,) naming the chunk's token
@@ -319,7 +320,7 @@ class LlamaAttention(nn.Cell):
         x (B, hidden):
         write it at `cache_slot` and attend over the whole cache (decode_one)."""
         if x.ndim == 2:
-            return self.decode_one(x, rope[0], rope[1], bias, cache_slot, k_cache, v_cache)
+            return self.decode_one(x, rope[0], rope[1], bias, cache_slot, k_cache, v_cache, in_place)
         batch, length, _ = x.shape
         chunk = cache_slot.ndim == 1
         q, k, v = self.qkv(x)
@@ -357,7 +358,7 @@ class LlamaAttention(nn.Cell):
         """Rotary embedding of x (rows, heads, D) with each row's matrix (rows, D, D), in float32."""
         return _cast(mint.bmm(_cast(x, mindspore.float32), rotation), self.compute_dtype)
 
-    def decode_one(self, x, rotation_q, rotation_k, bias, cache_slot, k_cache, v_cache):
+    def decode_one(self, x, rotation_q, rotation_k, bias, cache_slot, k_cache, v_cache, in_place=False):
         """One new token per row on 2-D hidden states (B, hidden): the decode hot path.
 
         Rotary embedding is one batched matmul with each row's rotation matrix (B, D, D), built once per
@@ -367,6 +368,11 @@ class LlamaAttention(nn.Cell):
         q, k, v = self.qkv(x)
         q = self.rotate_rows(q.reshape(batch, self.num_heads, self.head_dim), rotation_q)
         k = self.rotate_rows(k.reshape(batch, self.n_kv_heads, self.head_dim), rotation_k)
+        if in_place:  # the kernel writes the given caches themselves (LlamaForCausalLM.forward_with_cache)
+            out = self.decode_attention_in_place(
+                q.reshape(batch, self.n_kv_heads, self.n_rep, self.head_dim), k,
+                v.reshape(batch, self.n_kv_heads, self.head_dim), k_cache, v_cache, bias, cache_slot)
+            return self.wo(out.reshape(batch, self.num_heads * self.head_dim)), k_cache, v_cache
         if self.decode_attention is not None:  # one kernel: cache write + attention over the visible slots
             out, k_cache, v_cache = self.decode_attention(
                 q.reshape(batch, self.n_kv_heads, self.n_rep, self.head_dim), k,
@@ -431,9 +437,9 @@ class LlamaDecodeLayer(nn.Cell):
         x = x + self.attention(self.attention_norm(x), cos, sin, rotate, bias, prefix)
         return x + self.feed_forward(self.ffn_norm(x))
 
-    def forward_with_cache(self, x, rope, bias, cache_slot, k_cache, v_cache, prefix=None):
+    def forward_with_cache(self, x, rope, bias, cache_slot, k_cache, v_cache, prefix=None, in_place=False):
         attn, k_cache, v_cache = self.attention.forward_with_cache(self.attention_norm.inference(x), rope, bias,
-                                                                   cache_slot, k_cache, v_cache, prefix)
+                                                                   cache_slot, k_cache, v_cache, prefix, in_place)
         x = x + attn
         return x + self.feed_forward(self.ffn_norm.inference(x)), k_cache, v_cache
 
@@ -636,7 +642,10 @@ class LlamaForCausalLM(PreTrainedModel):
 
     supports_logits_at = True
 
-    def forward_with_cache(self, input_ids, position_ids, attention_bias, cache_slot, *caches, logits_at=None):
+    def forward_with_cache(self, input_ids, position_ids, attention_bias, cache_slot, *caches, logits_at=None,
+                           in_place=False):
+        if in_place and (input_ids.shape[1] != 1 or not self.decodes_leading_rows()):
+            raise ValueError("forward_with_cache(in_place=True) takes one token per row, on the decode kernel")
         hidden = self.model.embed(input_ids)
         cos, sin = self.model.rotary(position_ids)
         batch, length = input_ids.shape
@@ -658,8 +667,10 @@ class LlamaForCausalLM(PreTrainedModel):
         new_caches = ()
         for i, layer in enumerate(self.model.layers):
             hidden, k_cache, v_cache = layer.forward_with_cache(hidden, rope, bias, cache_slot, caches[2 * i],
-                                                                caches[2 * i + 1], prefixes[i])
+                                                                caches[2 * i + 1], prefixes[i], in_place)
             new_caches = new_caches + (k_cache, v_cache)
+        if in_place:  # the caches given were written: the logits alone
+            return (self.logits(hidden),)
         if logits_at is not None:  # chosen positions of a several-token call (packed prompts' last tokens)
             return (self.logits(ops.gather(hidden, logits_at, 1)),) + new_caches
         logits = self.logits(hidden if length == 1 else hidden[:, -1])

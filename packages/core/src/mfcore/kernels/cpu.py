@@ -74,6 +74,8 @@ class DecodeKernels(NamedTuple):
     # One decode step's attention with the cache write: (q (B, G, R, D) scaled, k, v (B, G, D), k_cache,
     # v_cache (B, G, T, D), bias (B, 1, 1, T), cache_slot (1, 1, T, 1) bool) -> (out like q, k_cache', v_cache')
     decode_attention: object
+    # The same writing k and v into the given caches themselves -> out only (a server's caches, no copy a step)
+    decode_attention_in_place: object
     # A prompt or prompt chunk written into the cache and attended: (q (B, G, R, S, D) scaled, k, v (B, G, S, D),
     # k_cache, v_cache (B, G, T, D), bias (B|1, 1, 1, S, Tb <= T), index (T,) int32: the token each slot takes,
     # S for none) -> (out like q, k_cache', v_cache')
@@ -130,6 +132,8 @@ def _build():
                             decode_attention=custom("MfcoreDecodeAttention",
                                                     lambda q, k, v, kc, vc, bias, slot: (q, kc, vc),
                                                     lambda q, k, v, kc, vc, bias, slot: (q, kc, vc)),
+                            decode_attention_in_place=custom("MfcoreDecodeAttentionInPlace",
+                                                             lambda q, k, v, kc, vc, bias, slot: q),
                             cache_attention=custom("MfcoreCacheAttention",
                                                    lambda q, k, v, kc, vc, bias, index: (q, kc, vc),
                                                    lambda q, k, v, kc, vc, bias, index: (q, kc, vc)),

@@ -303,17 +303,21 @@ class PreTrainedModel(nn.Cell):
         """(shape, dtype) of every KV-cache tensor for one generate call; the order forward_with_cache takes."""
         raise NotImplementedError(f"{type(self).__name__} does not implement the KV-cache protocol")
 
-    def forward_with_cache(self, input_ids, position_ids, attention_bias, cache_slot, *caches, logits_at=None):
+    def forward_with_cache(self, input_ids, position_ids, attention_bias, cache_slot, *caches, logits_at=None,
+                           in_place=False):
         """Run the tokens not yet cached; return (logits of the last position (B, V) float32, *new caches).
         With logits_at (K,) int32 (models with supports_logits_at), the logits of those positions of a
-        several-token call instead, (B, K, V): the last token of each prompt packed into one row."""
+        several-token call instead, (B, K, V): the last token of each prompt packed into one row. With
+        in_place=True (one token per row, models that decode_leading_rows), the caches given are written
+        themselves and only (logits,) comes back."""
         raise NotImplementedError(f"{type(self).__name__} does not implement the KV-cache protocol")
 
     supports_logits_at = False
 
     def decodes_leading_rows(self) -> bool:
         """Whether a one-token-per-row call may hold fewer rows than the caches: the first rows decode and the
-        others come back unchanged (a server's row buckets then never slice the caches apart)."""
+        others come back unchanged (a server's row buckets then never slice the caches apart), and may write
+        the caches in place (forward_with_cache(in_place=True))."""
         return False
 
     # A model that takes a prompt in pieces (forward_with_cache with past_length > 0 and several tokens) sets

@@ -139,6 +139,8 @@ class Engine:
         self._decode_graphs: Dict[int, Callable] = {}
         self._build_graphs()
         self._caches = self._zero_caches(self.max_batch)
+        # Decode writes the slots' caches in place where the model's kernel can and the runtime allows it.
+        self.in_place = self.model.decodes_leading_rows() and self._in_place_works()
         self._packed_caches = self._zero_caches(1, self.pack_length) if self.packing else None
         # host copies of the per-row decode inputs
         self._ids = np.full((self.max_batch, 1), self.pad_id, dtype=np.int32)
@@ -216,8 +218,12 @@ class Engine:
             from mindspore import mint
 
             model, whole = self.model, rows == self.max_batch or self.model.decodes_leading_rows()
+            in_place = getattr(self, "in_place", True)  # True while _in_place_works tries it
 
             def decode_step(input_ids, position_ids, attention_bias, cache_slot, *caches):
+                if whole and in_place:  # (logits,): the caches given were written
+                    return model.forward_with_cache(input_ids, position_ids, attention_bias, cache_slot, *caches,
+                                                    in_place=True)
                 if whole:
                     return model.forward_with_cache(input_ids, position_ids, attention_bias, cache_slot, *caches)
                 logits, *new = model.forward_with_cache(input_ids, position_ids, attention_bias, cache_slot,
@@ -227,6 +233,35 @@ class Engine:
             self._decode_graphs[rows] = self._jit(decode_step)
         return self._decode_graphs[rows]
 
+    def _step(self, rows: int, args) -> np.ndarray:
+        """One decode call over the first `rows` slots; the logits (rows, V) as numpy."""
+        from mindspore import Tensor
+
+        self._note_shape("decode", *args)
+        logits, *caches = self._decode_graph(rows)(*(Tensor(a) for a in args), *self._caches)
+        if not self.in_place:
+            self._caches = caches
+        return logits.asnumpy()
+
+    def _in_place_works(self) -> bool:
+        """Whether the in-place decode kernel's writes reach this engine's cache tensors (MindSpore runs a
+        CPU graph on its input tensors' own memory): one 1-row step writing slot 0, column 0 (never read
+        before it is written again). Where they do not, decode copies the caches each step instead."""
+        self.in_place = True
+        slot = np.zeros((1, 1, self.cache_length, 1), dtype=bool)
+        slot[0, 0, 0, 0] = True
+        args = (np.full((1, 1), self.pad_id, np.int32), np.zeros((1, 1), np.int32),
+                np.zeros((1, 1, 1, self.cache_length), np.float32), slot)
+        try:
+            self._step(1, args)
+            written = bool(np.abs(self._caches[0].asnumpy()[0, :, 0]).sum() > 0)
+        except Exception:  # noqa: BLE001 - the copying path always works
+            written = False
+        if not written:
+            self._decode_graphs.clear()
+        self.in_place = written
+        return written
+
     def _rows_for(self, highest_slot: int) -> int:
         return next(b for b in self.row_buckets if b > highest_slot)
 
@@ -234,8 +269,6 @@ class Engine:
         """Compile every row bucket's decode graph now (a step that writes no slot), and with packing the
         prompt graph of every chunk width and the insert graph (a pack of one token, inserted nowhere), so
         that serving never compiles one while clients wait."""
-        from mindspore import Tensor
-
         if self.packing:
             width = 16
             while width <= self.chunk:
@@ -246,9 +279,7 @@ class Engine:
             bias = np.zeros((rows, 1, 1, self.cache_length), dtype=np.float32)
             args = (np.zeros((rows, 1), np.int32), np.zeros((rows, 1), np.int32), bias,
                     np.zeros((rows, 1, self.cache_length, 1), dtype=bool))
-            self._note_shape("decode", *args)
-            logits, *self._caches = self._decode_graph(rows)(*(Tensor(a) for a in args), *self._caches)
-            logits.asnumpy()
+            self._step(rows, args)
 
     def _zero_caches(self, batch: int, length: Optional[int] = None):
         from mindspore import Tensor
@@ -468,8 +499,6 @@ class Engine:
 
     def _decode(self) -> None:
         """One token for every active row."""
-        from mindspore import Tensor
-
         slot_mask = np.zeros((self.max_batch, 1, self.cache_length, 1), dtype=bool)  # sliced to the row bucket
         active = [s for s in self.slots if s is not None]
         for sequence in active:
@@ -484,9 +513,7 @@ class Engine:
         visible[[s is None for s in self.slots[:rows]], 0] = True
         bias = np.where(visible, 0.0, -1e9).astype(np.float32)[:, None, None, :]
         args = (self._ids[:rows], self._positions[:rows], bias, slot_mask[:rows])
-        self._note_shape("decode", *args)
-        logits, *self._caches = self._decode_graph(rows)(*(Tensor(a) for a in args), *self._caches)
-        logits = logits.asnumpy()
+        logits = self._step(rows, args)
         self.stats["steps"] += 1
         self.recent_tokens.append((time.monotonic(), len(active)))
         for sequence in active:
