@@ -88,7 +88,7 @@ def scoring_path(request, models, monkeypatch):
 
 
 def test_scores_equal_transformers(models, scoring_path):
-    from mfcore.generation.chunked_scoring import ROW_TOKENS
+    from mfcore.generation.chunked_scoring import CACHE_SLOTS_PER_CALL, MIN_CACHE_LENGTH, ROW_TOKENS
     from mfcore.generation.scoring import loglikelihood_rolling, loglikelihood_tokens, prompt_logprobs
 
     ours, reference = models
@@ -113,11 +113,13 @@ def test_scores_equal_transformers(models, scoring_path):
     assert scores[greedy_pair][1] is True
 
     # 24 choices of one context: more than one packed row (ROW_TOKENS) and more than one batch; then max_length
-    # cuts the context from the left, so choices of one context of different lengths share less of it
+    # cuts the context from the left, so choices of one context of different lengths share less of it; then
+    # a batch size whose rows x cache slots pass CACHE_SLOTS_PER_CALL: fewer rows a call, longer chunks
     many = [(shared, rng.integers(2, 300, n).tolist()) for n in rng.integers(10, 40, 24)]
     assert len(shared) + sum(len(x) for _, x in many) > ROW_TOKENS
-    for limit in (None, 64):
-        scored = loglikelihood_tokens(ours, many, batch_size=2, max_length=limit)
+    assert 64 * MIN_CACHE_LENGTH > CACHE_SLOTS_PER_CALL
+    for limit, batch_size in ((None, 2), (64, 2), (None, 64)):
+        scored = loglikelihood_tokens(ours, many, batch_size=batch_size, max_length=limit)
         for (c, x), (logprob, _) in zip(many, scored):
             window = (c + x)[-(limit or len(c + x)) - 1:]
             assert logprob == pytest.approx(reference_logprobs(reference, window)[0][-len(x):].sum(), rel=REL)

@@ -4,8 +4,9 @@ Why: MindSpore's CPU runtime keeps every compiled graph's intermediate buffers f
 Scoring whole sequences (scoring.py's graph path) compiles one graph per (rows, length, scored positions)
 bucket and each holds a sequence's worth of buffers (8-12 GB at 110M parameters, benchmarks/RESULTS.md,
 "Eval"). Here the model runs the way generate's chunked prefill does (the chunk form of
-PreTrainedModel.prepare_inputs_for_generation, `forward_with_cache`): CHUNK tokens per row and call, so one
-graph serves every sequence length of its cache length and its buffers are a chunk's.
+PreTrainedModel.prepare_inputs_for_generation, `forward_with_cache`): CHUNK tokens per row and call (more
+for long rows, which run fewer at a time), so one graph serves every sequence length of its cache length
+and its buffers are a chunk's.
 
 A request is the model's input ids (context + continuation)[:-1], of which the last n predict the
 continuation: the shared part (all but those n, the context but its last token) and the tail (the n).
@@ -15,10 +16,10 @@ The attention bias lets a tail token see the shared part and its own tail only, 
 is the one it has in its own sequence, so each score is the one of the request alone; the shared part runs
 once instead of once per choice, and no cache is copied. Cache slot k holds a row's token k.
 
-Rows, longest first, run `rows` at a time in chunks of CHUNK columns: a chunk with no scored token goes
+Rows, longest first, run `rows` at a time in chunks of columns: a chunk with no scored token goes
 through generate's own prompt-chunk graph (decoding._step_function: no output head but the last
 position's), the others through `forward_with_cache(..., logits_at=every position)`, log_softmax, each
-target's log-prob and whether it is the argmax; only (rows, CHUNK) numbers come back to the host. A token
+target's log-prob and whether it is the argmax; only (rows, chunk) numbers come back to the host. A token
 never sees the padding after it. Graphs: two per (rows, cache length). Models opt in with
 `supports_logits_at`, `supports_chunked_prefill` and `prompt_in_chunk_form()` (Llama with mfcore's
 cache-attention kernel and no prefix); the others use scoring.py's whole-sequence graphs.
@@ -32,6 +33,7 @@ import numpy as np
 from .decoding import _step_function, _zeros, bucket_length
 
 CHUNK = 32         # tokens per row and call: a row is padded to a multiple of it
+MAX_CHUNK = 256    # tokens per row and call when few long rows run (_chunk_size)
 ROW_TOKENS = 512   # a packed row takes tails while it stays within this (one request alone may be longer)
 # Cache lengths are generate's buckets from this up: every row up to 256 tokens shares one pair of graphs (each
 # pair compiles in ~5 s at 110M; a shorter cache saved no measurable time per call, benchmarks/RESULTS.md).
@@ -79,6 +81,14 @@ def _rows_for(cache_length: int, batch_size: int) -> int:
     return rows
 
 
+def _chunk_size(rows: int, batch_size: int) -> int:
+    """Tokens per row and call: CHUNK, more when long rows run fewer at a time (a perplexity window): rows x
+    chunk stays near batch_size x CHUNK, and the cache-attention kernel's copy of the whole cache each call
+    is paid for fewer calls. A power of two up to MAX_CHUNK, so it divides every cache length above 512."""
+    scale = max(1, batch_size // rows)
+    return min(MAX_CHUNK, CHUNK << (scale.bit_length() - 1))
+
+
 def _pack_rows(groups: List[Tuple[tuple, List[int]]], tails: Sequence[np.ndarray]) -> List[Tuple[tuple, List[int]]]:
     """(shared part, the requests on it) -> rows: the shared part then the requests' tails one after the other,
     cut where a row would pass ROW_TOKENS (a row of one request may be longer)."""
@@ -113,14 +123,15 @@ def cached_token_logprobs(model, inputs: Sequence[np.ndarray], targets: Sequence
     order = sorted(range(len(rows)), key=lambda r: -row_length[r])  # longest first: a batch pads to its first
     step = _step_function(model, use_jit)
     score = _score_chunk_function(model, use_jit)
-    logits_at = Tensor(np.arange(CHUNK, dtype=np.int32))
     results: List[Optional[Tuple[np.ndarray, np.ndarray]]] = [None] * len(inputs)
 
     begin = 0
     while begin < len(order):
-        width = _round_up(row_length[order[begin]], CHUNK)
-        cache_length = bucket_length(width, minimum=MIN_CACHE_LENGTH)
+        cache_length = bucket_length(_round_up(row_length[order[begin]], CHUNK), minimum=MIN_CACHE_LENGTH)
         height = _rows_for(cache_length, batch_size)
+        size = _chunk_size(height, batch_size)
+        width = _round_up(row_length[order[begin]], size)
+        logits_at = Tensor(np.arange(size, dtype=np.int32))
         batch = order[begin:begin + height]
         begin += len(batch)
         layout = _RowLayout(height, width, cache_length)
@@ -130,10 +141,10 @@ def cached_token_logprobs(model, inputs: Sequence[np.ndarray], targets: Sequence
         picked = np.zeros((height, width), dtype=np.float32)
         greedy = np.zeros((height, width), dtype=bool)
         caches = [_zeros(shape, dtype) for shape, dtype in model.kv_cache_shapes(height, cache_length)]
-        for start in range(0, width, CHUNK):
-            end = start + CHUNK
-            slot = np.full(cache_length, CHUNK, dtype=np.int32)  # the chunk form: slot start + i takes token i
-            slot[start:end] = np.arange(CHUNK)
+        for start in range(0, width, size):
+            end = start + size
+            slot = np.full(cache_length, size, dtype=np.int32)  # the chunk form: slot start + i takes token i
+            slot[start:end] = np.arange(size)
             chunk = [Tensor(layout.ids[:, start:end]), Tensor(layout.positions[:, start:end]),
                      Tensor(np.where(allowed[:, start:end], 0.0, MASK_VALUE).astype(np.float32)[:, None]),
                      Tensor(slot)]
