@@ -60,6 +60,14 @@ def test_swiglu_matches_numpy(kernels):
         np.testing.assert_allclose(got, gate / (1 + np.exp(-gate)) * up, rtol=1e-4, atol=1e-4)
 
 
+def test_silu_mul_matches_numpy(kernels):
+    rng = np.random.default_rng(4)
+    gate, up = (rng.standard_normal((3, 5, 77)).astype(np.float32) * 4 for _ in range(2))
+    got = compiled(kernels.silu_mul)(Tensor(gate), Tensor(up)).asnumpy()
+    gate64 = gate.astype(np.float64)
+    np.testing.assert_allclose(got, gate64 / (1 + np.exp(-gate64)) * up, rtol=1e-6, atol=1e-6)
+
+
 def test_rms_norm_matches_numpy(kernels):
     call = compiled(kernels.rms_norm)
     rng = np.random.default_rng(2)

@@ -182,7 +182,7 @@ class LlamaRMSNorm(nn.Cell):
         super().__init__()
         self.weight = Parameter(initializer(One(), (hidden_size,), param_dtype), name="weight")
         self.eps = eps
-        kernels = fused_kernels(param_dtype)
+        kernels = decode_kernels()  # float32 math whatever the weight's dtype (cast once per call: H values)
         self.fused = kernels.rms_norm if kernels else None
         self.eps_tensor = Tensor([eps], mindspore.float32)
 
@@ -194,7 +194,7 @@ class LlamaRMSNorm(nn.Cell):
     def inference(self, x):
         """The same norm for generation (forward only): one fused kernel instead of six where there is one."""
         if self.fused is not None and x.dtype == mindspore.float32:
-            return self.fused(x, self.weight, self.eps_tensor)
+            return self.fused(x, _cast(self.weight, mindspore.float32), self.eps_tensor)
         return self.norm(x)
 
     def norm(self, x):
@@ -409,6 +409,7 @@ class LlamaFeedForward(nn.Cell):
         self.w2 = LlamaLinear(config.intermediate_size, config.hidden_size, **linear, quantized=quantized("w2"))
         kernels = fused_kernels(compute_dtype)
         self.swiglu = kernels.swiglu if kernels else None
+        self.silu_mul = kernels.silu_mul if kernels else None  # generation only: the kernel has no gradient
         self.compute_dtype = compute_dtype
 
     def construct(self, x):
@@ -423,6 +424,12 @@ class LlamaFeedForward(nn.Cell):
             w1, w3 = _cast(self.w1.weight, self.compute_dtype), _cast(self.w3.weight, self.compute_dtype)
             return self.w2(self.swiglu(x, w1, w3))
         return self.w2(mint.nn.functional.silu(self.w1(x)) * self.w3(x))
+
+    def inference(self, x):
+        """The same MLP for generation (forward only): the activation in one kernel where there is one."""
+        if self.silu_mul is None or self.w_gate_hidden is not None or single_row(x):
+            return self.construct(x)
+        return self.w2(self.silu_mul(self.w1(x), self.w3(x)))
 
 
 class LlamaDecodeLayer(nn.Cell):
@@ -441,7 +448,7 @@ class LlamaDecodeLayer(nn.Cell):
         attn, k_cache, v_cache = self.attention.forward_with_cache(self.attention_norm.inference(x), rope, bias,
                                                                    cache_slot, k_cache, v_cache, prefix, in_place)
         x = x + attn
-        return x + self.feed_forward(self.ffn_norm.inference(x)), k_cache, v_cache
+        return x + self.feed_forward.inference(self.ffn_norm.inference(x)), k_cache, v_cache
 
 
 class LlamaModel(nn.Cell):

@@ -64,6 +64,7 @@ class DecodeKernels(NamedTuple):
     gemv: object      # (x (rows, K), W (N, K)) -> (rows, N)
     rms_norm: object  # (x (rows, H), weight (H,), eps (1,)) -> (rows, H)
     swiglu: object    # (x (rows, K), W1 (N, K), W3 (N, K)) -> (rows, N)
+    silu_mul: object  # (gate (..., N), up (..., N)) -> silu(gate) * up
     # Weights in their storage dtype, float32 activations and sums (csrc/weight_kernels.cc), any row count:
     linear_bf16: object  # (x (rows, K) f32, W (N, K) bfloat16) -> (rows, N) f32
     linear_f16: object   # (x (rows, K) f32, W (N, K) float16) -> (rows, N) f32
@@ -124,6 +125,7 @@ def _build():
     kernels = DecodeKernels(gemv=custom("MfcoreGemv", projection),
                             rms_norm=custom("MfcoreRmsNorm", lambda x, w, eps: x),
                             swiglu=custom("MfcoreSwiglu", lambda x, w1, w3: x[:-1] + [w1[0]]),
+                            silu_mul=custom("MfcoreSiluMul", lambda gate, up: gate),
                             linear_bf16=custom("MfcoreLinearBf16", projection),
                             linear_f16=custom("MfcoreLinearF16", projection),
                             linear_int8=custom("MfcoreLinearInt8", projection),

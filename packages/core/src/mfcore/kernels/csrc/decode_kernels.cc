@@ -4,6 +4,7 @@
 //   MfcoreGemv     y = x . W^T                          (a projection; W (N, K) read once)
 //   MfcoreRmsNorm  y = w * x / sqrt(mean(x^2) + eps)    (5 kernels in MindSpore)
 //   MfcoreSwiglu   y = silu(x . W1^T) * (x . W3^T)      (the MLP's gate and up projections: 5 kernels)
+//   MfcoreSiluMul  y = silu(gate) * up                   (the MLP's activation on its projections: 3 kernels)
 // All tensors are row-major; x is (rows, K) with rows the batch.
 #include <cmath>
 #include <cstdint>
@@ -108,5 +109,25 @@ extern "C" int MfcoreSwiglu(int nparam, void** params, int* ndims, int64_t** sha
       y[r * n + j] = gate / (1.0f + std::exp(-gate)) * up;
     }
   }
+  return 0;
+}
+
+// params: gate (..., N), up (..., N) -> y = silu(gate) * up, float32 (the MLP's activation: sigmoid and two
+// multiplies in MindSpore, each a pass over a (tokens, FFN) tensor).
+extern "C" int MfcoreSiluMul(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes,
+                             void* stream, void* extra) {
+  (void)stream;
+  (void)extra;
+  if (nparam != 3 || ndims[0] != ndims[1] || !all_float32(nparam, dtypes)) return 1;
+  int64_t count = 1;
+  for (int d = 0; d < ndims[0]; ++d) {
+    if (shapes[0][d] != shapes[1][d]) return 2;
+    count *= shapes[0][d];
+  }
+  const float* gate = static_cast<const float*>(params[0]);
+  const float* up = static_cast<const float*>(params[1]);
+  float* y = static_cast<float*>(params[2]);
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < count; ++i) y[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
   return 0;
 }
