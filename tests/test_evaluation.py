@@ -143,6 +143,23 @@ def test_scores_equal_transformers(models, scoring_path):
     assert disjoint != pytest.approx(strided, rel=REL)
 
 
+def test_a_prefix_model_scores_through_the_whole_sequence_graphs(checkpoint):
+    """A prefix (prefix-tuning) must be written before the first prompt chunk: the cache path refuses it and the
+    default takes the whole-sequence graphs."""
+    from mfcore import AutoModelForCausalLM
+    from mfcore.generation.chunked_scoring import supports_cached_scoring
+    from mfcore.generation.scoring import loglikelihood_tokens
+    from mfcore.training.prefix import PrefixConfig, inject_prefix
+
+    model = AutoModelForCausalLM.from_pretrained(checkpoint)
+    inject_prefix(model, PrefixConfig(length=4, projection=False))
+    assert not supports_cached_scoring(model)
+    with pytest.raises(ValueError, match="through_cache=True"):
+        loglikelihood_tokens(model, [([0, 5], [6])], through_cache=True)
+    (logprob, _), = loglikelihood_tokens(model, [([0, 5], [6])])
+    assert math.isfinite(logprob) and logprob < 0
+
+
 def test_generate_scores_and_return_sequences_equal_transformers(models):
     ours, reference = models
     rows = [[0, 261, 316, 311], [0, 267, 303]]  # ragged: the second is left-padded
