@@ -64,9 +64,10 @@ def _round_bf16(w):
 
 @pytest.mark.parametrize("rows", [1, 2, 4, 5, 6, 7, 37])  # the vdpbf16ps tile holds 6 rows: whole tiles and rests
 def test_bfloat16_linear_kernel_against_numpy(rows, monkeypatch):
-    """One row (decode) and any rows with float32 activations (MFCORE_FLOAT32_ACTIVATIONS=1) equal float64 math on
-    the stored weights; by default two rows and more round x to bfloat16 first (vdpbf16ps where the CPU has it),
-    as llama.cpp and transformers do: then they equal float64 math on the rounded x."""
+    """With float32 activations (MFCORE_FLOAT32_ACTIVATIONS=1) any rows equal float64 math on the stored weights;
+    by default x is rounded to bfloat16 first where the CPU has vdpbf16ps, at every row count (a sequence's
+    numbers do not depend on its batch), as llama.cpp and transformers do: then it equals float64 math on the
+    rounded x."""
     ensure_runtime()  # MindSpore is set up (host-blocking graphs, ...) before any kernel runs
     kernels = decode_kernels()
     if kernels is None:
@@ -82,14 +83,14 @@ def test_bfloat16_linear_kernel_against_numpy(rows, monkeypatch):
     monkeypatch.delenv("MFCORE_FLOAT32_ACTIVATIONS")
     fast = kernels.linear_bf16(Tensor(x), weight).asnumpy()
     rounded = _round_bf16(x).astype(np.float64) @ w.T.astype(np.float64)
-    np.testing.assert_allclose(fast, rounded if rows > 1 and _has_bf16_dot() else exact,
+    np.testing.assert_allclose(fast, rounded if _has_bf16_dot() else exact,
                                atol=2e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("rows", [1, 3, 5, 37])
 def test_int8_linear_kernel_against_numpy(rows, monkeypatch):
     """x . Wq^T * scale: float32 activations equal float64 math; by default prompts round x to bfloat16
-    (int8 values are exact in bfloat16) from two rows on, as the bfloat16 path does."""
+    (int8 values are exact in bfloat16) where the CPU has vdpbf16ps, as the bfloat16 path does."""
     ensure_runtime()
     kernels = decode_kernels()
     if kernels is None:
@@ -103,7 +104,7 @@ def test_int8_linear_kernel_against_numpy(rows, monkeypatch):
     np.testing.assert_allclose(exact, x.astype(np.float64) @ dequantized.T, atol=2e-5, rtol=1e-5)
     monkeypatch.delenv("MFCORE_FLOAT32_ACTIVATIONS")
     fast = kernels.linear_int8(Tensor(x), Tensor(q), Tensor(scale)).asnumpy()
-    activations = _round_bf16(x) if rows > 1 and _has_bf16_dot() else x
+    activations = _round_bf16(x) if _has_bf16_dot() else x
     np.testing.assert_allclose(fast, activations.astype(np.float64) @ dequantized.T, atol=2e-5, rtol=1e-5)
 
 

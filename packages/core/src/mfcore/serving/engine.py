@@ -21,9 +21,8 @@ The next token is chosen on the host from each row's logits with the request's o
 own seeded generator (mfcore.generation.sampling, the functions `generate` uses), so a seeded request
 gives the same tokens whatever else is in the batch: no row's numbers depend on another's. Where the
 row bucket differs (one row runs the fused one-row kernels, several rows a matmul) the logits differ in
-the last float32 bits (~1e-6), so only an exact near-tie between two tokens could choose otherwise. With
-16-bit weights on AVX512_BF16 CPUs several rows also round the activations to bfloat16 (vdpbf16ps) where
-one row does not: ~1e-3 relative, a near-tie then more likely.
+the last float32 bits (~1e-6), so only an exact near-tie between two tokens could choose otherwise. (16-bit
+and int8 weights round the activations to bfloat16 at every row count on AVX512_BF16 CPUs, one row too.)
 
 Prompt log-probabilities (echo + logprobs, what lm-eval scores with) come from a third graph: the
 full forward of one prompt, log-softmax, the log-probability of each next token and the top 5.

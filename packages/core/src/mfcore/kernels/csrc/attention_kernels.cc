@@ -63,25 +63,54 @@ bool is_float32(const char* t) {  // "float32" (MindSpore may also write "float"
   return t[0] == 'f' && t[1] == 'l' && t[2] == 'o' && t[3] == 'a' && t[4] == 't' && (t[5] == '\0' || t[5] == '3');
 }
 
-// One query row: out = softmax(q . k_j + bias_j) . v over the slots j < keys whose bias is not masked;
-// zeros when none is visible. scores / seen: scratch of `keys` entries.
-void attend_row(const float* q, const float* k, const float* v, const float* bias, int64_t keys, int64_t dim,
-                float* scores, int32_t* seen, float* out) {
-  int64_t count = 0;
-  float top = -INFINITY;
-  for (int64_t j = 0; j < keys; ++j) {
-    if (bias[j] <= kMasked) continue;
-    const float s = dot_f32(q, k + j * dim, dim) + bias[j];
-    scores[count] = s;
-    seen[count++] = static_cast<int32_t>(j);
-    top = s > top ? s : top;
-  }
+// One query row over the slots seen[0..count) (those its bias leaves visible): out = softmax(q . k_j +
+// bias_j) . v; zeros when there are none. scores: scratch of `count` entries.
+void attend_visible(const float* q, const float* k, const float* v, const float* bias, const int32_t* seen,
+                    int64_t count, int64_t dim, float* scores, float* out) {
   for (int64_t d = 0; d < dim; ++d) out[d] = 0.0f;
   if (count == 0) return;
+  float top = -INFINITY;
+  for (int64_t c = 0; c < count; ++c) {
+    const float s = dot_f32(q, k + seen[c] * dim, dim) + bias[seen[c]];
+    scores[c] = s;
+    top = s > top ? s : top;
+  }
   float total = 0.0f;
   for (int64_t c = 0; c < count; ++c) total += (scores[c] = std::exp(scores[c] - top));
   const float inv = 1.0f / total;
   for (int64_t c = 0; c < count; ++c) axpy_f32(out, scores[c] * inv, v + seen[c] * dim, dim);
+}
+
+// One query row over the slots j < keys whose bias is not masked. scores / seen: scratch of `keys` entries.
+void attend_row(const float* q, const float* k, const float* v, const float* bias, int64_t keys, int64_t dim,
+                float* scores, int32_t* seen, float* out) {
+  int64_t count = 0;
+  for (int64_t j = 0; j < keys; ++j)
+    if (bias[j] > kMasked) seen[count++] = static_cast<int32_t>(j);
+  attend_visible(q, k, v, bias, seen, count, dim, scores, out);
+}
+
+// The unmasked slots of every bias row, found once: all heads and query groups share a row (a scan 32 times
+// fewer for Llama 3's 8 x 4 heads; in a server's packed prefill, scanning each 1024-slot row once per head
+// was most of the attention's time). Row r's slots are index[start[r] .. start[r + 1]).
+struct VisibleSlots {
+  std::vector<int64_t> start;
+  std::vector<int32_t> index;
+  int64_t widest = 0;
+};
+
+VisibleSlots visible_slots(const float* bias, int64_t rows, int64_t keys) {
+  VisibleSlots visible;
+  visible.start.resize(rows + 1);
+  for (int64_t r = 0; r < rows; ++r) {
+    visible.start[r] = static_cast<int64_t>(visible.index.size());
+    for (int64_t j = 0; j < keys; ++j)
+      if (bias[r * keys + j] > kMasked) visible.index.push_back(static_cast<int32_t>(j));
+    const int64_t count = static_cast<int64_t>(visible.index.size()) - visible.start[r];
+    visible.widest = count > visible.widest ? count : visible.widest;
+  }
+  visible.start[rows] = static_cast<int64_t>(visible.index.size());
+  return visible;
 }
 
 }  // namespace
@@ -103,20 +132,19 @@ extern "C" int MfcoreAttention(int nparam, void** params, int* ndims, int64_t** 
   if (shapes[1][0] != batch || shapes[1][1] != groups || shapes[1][3] != dim || shapes[2][2] != keys ||
       shapes[3][3] != length || shapes[3][4] != keys || (shapes[3][0] != batch && shapes[3][0] != 1))
     return 2;
-  const int64_t bias_batch_stride = shapes[3][0] == 1 ? 0 : length * keys;
+  const bool shared_bias = shapes[3][0] == 1;
+  const VisibleSlots visible = visible_slots(bias, shapes[3][0] * length, keys);
   const int64_t rows = batch * groups * reps * length;
 #pragma omp parallel
   {
-    std::vector<float> scores(keys);
-    std::vector<int32_t> seen(keys);
+    std::vector<float> scores(visible.widest);
 #pragma omp for schedule(dynamic, 8)
     for (int64_t row = 0; row < rows; ++row) {
       const int64_t i = row % length, b = row / (groups * reps * length), g = (row / (reps * length)) % groups;
-      const float* qi = q + row * dim;
-      const float* kb = k + (b * groups + g) * keys * dim;
-      const float* vb = v + (b * groups + g) * keys * dim;
-      attend_row(qi, kb, vb, bias + b * bias_batch_stride + i * keys, keys, dim, scores.data(), seen.data(),
-                 out + row * dim);
+      const int64_t r = (shared_bias ? 0 : b) * length + i;
+      attend_visible(q + row * dim, k + (b * groups + g) * keys * dim, v + (b * groups + g) * keys * dim,
+                     bias + r * keys, visible.index.data() + visible.start[r], visible.start[r + 1] - visible.start[r],
+                     dim, scores.data(), out + row * dim);
     }
   }
   return 0;
@@ -241,7 +269,6 @@ extern "C" int MfcoreCacheAttention(int nparam, void** params, int* ndims, int64
       shapes[3][0] != batch || shapes[3][1] != groups || shapes[3][3] != dim || shapes[5][3] != length ||
       seen_keys > keys || (shapes[5][0] != batch && shapes[5][0] != 1) || shapes[6][0] != keys)
     return 2;
-  const int64_t bias_batch_stride = shapes[5][0] == 1 ? 0 : length * seen_keys;
   const int64_t heads = batch * groups;
   // 1. the new caches: a copy with the prompt's rows written at their slots
 #pragma omp parallel for schedule(static)
@@ -258,17 +285,19 @@ extern "C" int MfcoreCacheAttention(int nparam, void** params, int* ndims, int64
     }
   }
   // 2. attention of every query over the slots its bias leaves visible
+  const bool shared_bias = shapes[5][0] == 1;
+  const VisibleSlots visible = visible_slots(bias, shapes[5][0] * length, seen_keys);
   const int64_t rows = heads * reps * length;
 #pragma omp parallel
   {
-    std::vector<float> scores(seen_keys);
-    std::vector<int32_t> seen(seen_keys);
+    std::vector<float> scores(visible.widest);
 #pragma omp for schedule(dynamic, 8)
     for (int64_t row = 0; row < rows; ++row) {
       const int64_t i = row % length, h = row / (reps * length), b = h / groups;
-      attend_row(q + row * dim, k_out + h * keys * dim, v_out + h * keys * dim,
-                 bias + b * bias_batch_stride + i * seen_keys, seen_keys, dim, scores.data(), seen.data(),
-                 out + row * dim);
+      const int64_t r = (shared_bias ? 0 : b) * length + i;
+      attend_visible(q + row * dim, k_out + h * keys * dim, v_out + h * keys * dim, bias + r * seen_keys,
+                     visible.index.data() + visible.start[r], visible.start[r + 1] - visible.start[r], dim,
+                     scores.data(), out + row * dim);
     }
   }
   return 0;

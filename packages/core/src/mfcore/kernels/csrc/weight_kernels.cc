@@ -6,11 +6,11 @@
 //   MfcoreLinearF16   y = x . W^T            W (N, K) float16
 //   MfcoreLinearInt8  y = (x . Wq^T) * s     Wq (N, K) int8, s (N) float32: round-to-nearest, per channel
 //   MfcoreEmbedBf16   y = table[ids]         table (V, H) bfloat16 -> float32 rows
-// x is (rows, K). One row (decode) streams each weight row once: memory bound. On AVX512_BF16 CPUs,
-// bfloat16 and int8 weights with two rows or more take vdpbf16ps on tiles of 4 weight rows by up to 6 rows
-// of x (linear_bf16_dot: memory bound up to ~6 rows, then compute bound). Elsewhere up to 4 rows stream,
-// and more rows widen a block of 4 weight rows once into a float32 buffer and run 4x4 register tiles over
-// it. All split the output channels over the OpenMP threads. The vector width is chosen when
+// x is (rows, K). On AVX512_BF16 CPUs, bfloat16 and int8 weights take vdpbf16ps on tiles of 4 weight rows
+// by up to 6 rows of x, x rounded to bfloat16 (linear_bf16_dot: memory bound up to ~6 rows, then compute
+// bound). Elsewhere up to 4 rows (decode) stream each weight row once, and more rows widen a block of 4
+// weight rows once into a float32 buffer and run 4x4 register tiles over it. All split the output
+// channels over the OpenMP threads. The vector width is chosen when
 // the library is compiled for the machine it runs on (-march=native): AVX-512, AVX2 + F16C + FMA, or
 // plain C++ where neither exists.
 #include <cstdint>
@@ -348,9 +348,9 @@ int linear_entry(int nparam, void** params, int* ndims, int64_t** shapes, const 
   const float* scale = scaled ? static_cast<const float*>(params[2]) : nullptr;
   float* y = static_cast<float*>(params[out]);
 #if defined(__AVX512BF16__)
-  // Two rows and more take vdpbf16ps (memory bound until ~6 rows, then the tile's flops); one row keeps
-  // float32 activations and streams (as fast: the weights' bandwidth is the limit).
-  if (rows > 1 && (is(wtype, "bfloat16") || is(wtype, "int8")) && !float32_activations()) {
+  // Every row count takes vdpbf16ps (memory bound until ~6 rows, then the tile's flops), so a sequence's
+  // numbers are the same alone or in a batch (one row streamed in float32 was no faster).
+  if ((is(wtype, "bfloat16") || is(wtype, "int8")) && !float32_activations()) {
     linear_bf16_dot<W>(x, w, scale, y, rows, n, k);
     return 0;
   }
