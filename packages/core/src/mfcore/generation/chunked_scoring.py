@@ -31,6 +31,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .decoding import _step_function, _zeros, bucket_length
+from .packed_rows import PackedRows
 
 CHUNK = 32         # tokens per row and call: a row is padded to a multiple of it
 MAX_CHUNK = 256    # tokens per row and call when few long rows run (_chunk_size)
@@ -134,7 +135,7 @@ def cached_token_logprobs(model, inputs: Sequence[np.ndarray], targets: Sequence
         logits_at = Tensor(np.arange(size, dtype=np.int32))
         batch = order[begin:begin + height]
         begin += len(batch)
-        layout = _RowLayout(height, width, cache_length)
+        layout = PackedRows(height, width, cache_length)
         for r, row in enumerate(batch):
             layout.place(r, *rows[row], tails, targets)
         allowed = layout.visibility()
@@ -162,41 +163,3 @@ def cached_token_logprobs(model, inputs: Sequence[np.ndarray], targets: Sequence
         if progress is not None:
             progress(done)
     return results
-
-
-class _RowLayout:
-    """The token ids, rotary positions, targets and segments of a batch of packed rows (cache slot k holds a
-    row's token k). Segment -1 is the shared part, i >= 0 request i's tail, -2 padding."""
-
-    def __init__(self, rows: int, width: int, cache_length: int):
-        self.ids = np.zeros((rows, width), dtype=np.int32)
-        self.positions = np.zeros((rows, width), dtype=np.int32)
-        self.targets = np.zeros((rows, width), dtype=np.int32)
-        self.scored = np.zeros((rows, width), dtype=bool)
-        self.segments = np.full((rows, cache_length), -2, dtype=np.int64)
-        self.spans: List[List[Tuple[int, int]]] = [[] for _ in range(rows)]
-
-    def place(self, r: int, key: tuple, members: List[int], tails, targets) -> None:
-        shared = len(key)
-        self.ids[r, :shared] = key
-        self.positions[r, :shared] = np.arange(shared)
-        self.segments[r, :shared] = -1
-        at = shared
-        for i in members:
-            n = len(tails[i])
-            self.ids[r, at:at + n] = tails[i]
-            self.positions[r, at:at + n] = np.arange(shared, shared + n)  # each tail continues the shared part
-            self.targets[r, at:at + n] = targets[i]
-            self.scored[r, at:at + n] = True
-            self.segments[r, at:at + n] = i
-            self.spans[r].append((i, at))
-            at += n
-
-    def visibility(self) -> np.ndarray:
-        """allowed (rows, width, cache length): a token sees the slots up to its own that hold the shared part
-        or its own tail (padding sees the shared part and padding: never read, but no row is empty)."""
-        width = self.ids.shape[1]
-        query = self.segments[:, :width, None]
-        key = self.segments[:, None, :]
-        causal = np.arange(self.segments.shape[1])[None, :] <= np.arange(width)[:, None]
-        return causal[None] & ((key == -1) | (key == query))

@@ -39,6 +39,7 @@ import numpy as np
 
 from mfcore.generation.config import GenerationConfig
 from mfcore.generation.decoding import DEFAULT_PREFILL_CHUNK, bucket_length, prefill_chunk
+from mfcore.generation.packed_rows import PackedRows
 from mfcore.generation.sampling import next_tokens
 
 TOP_LOGPROBS = 5  # the most alternatives per token the API returns (OpenAI's limit for completions)
@@ -219,10 +220,10 @@ class Engine:
             from mindspore import mint
 
             model, whole = self.model, rows == self.max_batch or self.model.decodes_leading_rows()
-            in_place = getattr(self, "in_place", True)  # True while _in_place_works tries it
+            in_place = self.in_place  # set before any decode graph is built (_in_place_works tries True)
 
             def decode_step(input_ids, position_ids, attention_bias, cache_slot, *caches):
-                if whole and in_place:  # (logits,): the caches given were written
+                if in_place:  # (logits,): the caches given were written
                     return model.forward_with_cache(input_ids, position_ids, attention_bias, cache_slot, *caches,
                                                     in_place=True)
                 if whole:
@@ -419,18 +420,13 @@ class Engine:
         # Every chunk call has one shape: a pack longer than a chunk is padded to whole chunks, not to a bucket.
         width = bucket_length(total) if total <= self.chunk else -(-total // self.chunk) * self.chunk
         chunk = min(width, self.chunk)
-        ids = np.full(width, self.pad_id, dtype=np.int32)
-        positions = np.zeros(width, dtype=np.int32)
-        owner = -1 - np.arange(width)  # padding tokens belong to themselves: they see only their own column
-        starts = np.cumsum([0] + lengths[:-1])
-        for i, (prompt, start) in enumerate(zip(prompts, starts)):
-            ids[start:start + len(prompt)] = prompt
-            positions[start:start + len(prompt)] = np.arange(len(prompt))
-            owner[start:start + len(prompt)] = i
+        # The prompts are tails of an empty shared part: token t sees the columns j <= t of its own prompt.
+        layout = PackedRows(1, width, columns)
+        layout.place(0, (), list(range(len(prompts))), prompts)
+        layout.ids[0, total:] = self.pad_id
+        ids, positions, seen = layout.ids[0], layout.positions[0], layout.visibility()[0]
+        starts = np.asarray([at for _, at in layout.spans[0]])
         lasts = starts + np.asarray(lengths) - 1
-        # Token t sees column j <= t of its own prompt; the columns past the pack are never seen.
-        seen = np.zeros((width, columns), dtype=bool)
-        seen[:, :width] = (owner[:, None] == owner[None, :]) & np.tri(width, dtype=bool)
         logits_per_prompt: List[Optional[np.ndarray]] = [None] * len(prompts)
         wanted = min(self.max_batch, chunk)  # one chunk holds at most this many prompts' last tokens
         for start in range(0, width, chunk):
