@@ -31,7 +31,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .decoding import _step_function, _zeros, bucket_length
-from .packed_rows import PackedRows
+from .packed_rows import PackedRows, supports_packed_rows
 
 CHUNK = 32         # tokens per row and call: a row is padded to a multiple of it
 MAX_CHUNK = 256    # tokens per row and call when few long rows run (_chunk_size)
@@ -47,8 +47,7 @@ MASK_VALUE = -1e9  # the additive bias of a slot a token must not see (prepare_i
 
 def supports_cached_scoring(model) -> bool:
     """Whether `model` can score through its KV cache in chunks (else scoring.py's whole-sequence graphs)."""
-    return bool(getattr(model, "supports_logits_at", False) and getattr(model, "supports_chunked_prefill", False)
-                and model.prompt_in_chunk_form())
+    return supports_packed_rows(model)
 
 
 def _score_chunk_function(model, use_jit: bool) -> Callable:

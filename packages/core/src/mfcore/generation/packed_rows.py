@@ -11,6 +11,13 @@ from typing import List, Tuple
 import numpy as np
 
 
+def supports_packed_rows(model) -> bool:
+    """Whether `model` can run packed rows through its KV cache in chunks: the chunk form's per-token bias
+    from the first call on, and forward_with_cache(logits_at=) for the positions that need logits."""
+    return bool(getattr(model, "supports_logits_at", False) and getattr(model, "supports_chunked_prefill", False)
+                and model.prompt_in_chunk_form())
+
+
 class PackedRows:
     """The token ids, rotary positions, targets and segments of a batch of packed rows (cache slot k holds a
     row's token k). Segment -1 is the shared part, i >= 0 request i's tail, -2 padding. Scoring packs a

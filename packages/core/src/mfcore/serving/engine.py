@@ -39,7 +39,7 @@ import numpy as np
 
 from mfcore.generation.config import GenerationConfig
 from mfcore.generation.decoding import DEFAULT_PREFILL_CHUNK, bucket_length, prefill_chunk
-from mfcore.generation.packed_rows import PackedRows
+from mfcore.generation.packed_rows import PackedRows, supports_packed_rows
 from mfcore.generation.sampling import next_tokens
 
 TOP_LOGPROBS = 5  # the most alternatives per token the API returns (OpenAI's limit for completions)
@@ -120,8 +120,7 @@ class Engine:
         self.vocab_size = int(model.config.vocab_size)
         self.use_jit = use_jit
         self.prefill_chunk_size = prefill_chunk_size  # None: generate's default for the model
-        # Packed prefill (several prompts in one row) needs the chunk form's per-token bias and logits_at.
-        self.packing = bool(getattr(model, "supports_logits_at", False)) and model.prompt_in_chunk_form()
+        self.packing = supports_packed_rows(model)  # packed prefill: several prompts in one row
         if self.packing:
             size = {None: DEFAULT_PREFILL_CHUNK, 0: self.cache_length}.get(prefill_chunk_size, prefill_chunk_size)
             self.chunk = 1 << (int(size).bit_length() - 1)  # a power of two divides every longer bucket
