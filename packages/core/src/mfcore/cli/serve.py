@@ -31,6 +31,9 @@ def add_command(subparsers) -> None:
                         help="the name clients pass as `model` (default: --model as given); repeatable")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
                         help="weight dtype (default: the checkpoint's config; on CPU 16-bit weights compute in float32)")
+    parser.add_argument("--gather-ms", "--gather_ms", type=float, default=None,
+                        help="an idle server waits this long after each request for others sent with it, so that "
+                             "they prefill together (default 40; 0: start at once)")
     parser.add_argument("--log-level", "--log_level", default="info")
     parser.set_defaults(func=run_serve)
 
@@ -53,8 +56,10 @@ def _load(args, state, server) -> None:
         runtime.setup(device_target=spec.context.get("device_target"), mode=spec.context.get("mode"))
         model, source = load_model(spec, allow_random=False)
         tokenizer = load_tokenizer(spec, required=True)
-        attach(state, model, tokenizer, args.served_model_name or [args.model], max_batch=args.max_batch,
-               max_model_len=args.max_model_len)
+        engine_options = dict(max_batch=args.max_batch, max_model_len=args.max_model_len)
+        if args.gather_ms is not None:
+            engine_options["gather_ms"] = args.gather_ms
+        attach(state, model, tokenizer, args.served_model_name or [args.model], **engine_options)
         print(f"mfcore serve: {source} ready at http://{args.host}:{args.port}/v1", file=sys.stderr)
     except Exception as exc:  # /health says why until the server has stopped; the command exits with 2
         state.error = f"{type(exc).__name__}: {exc}"
@@ -65,6 +70,8 @@ def _load(args, state, server) -> None:
 def run_serve(args) -> int:
     if args.max_batch < 1:
         raise ConfigError("--max-batch", f"must be at least 1, got {args.max_batch}")
+    if args.gather_ms is not None and args.gather_ms < 0:
+        raise ConfigError("--gather-ms", f"must be at least 0, got {args.gather_ms}")
     try:
         import uvicorn
         from mfcore.serving.app import ServerState, create_app
