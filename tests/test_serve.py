@@ -327,6 +327,33 @@ def test_load_64_requests_from_16_clients_equal_alone_no_leak_no_recompile(serve
           f"RSS {grown:+.0f} MB")
 
 
+def test_requests_sent_together_to_an_idle_server_prefill_as_one_pack(served):
+    """Clients that start together reach the server a little apart: an idle engine waits for the others
+    (gather_ms) instead of prefilling the first prompt alone and making the rest wait for it."""
+    from mfcore.serving.engine import SamplingParams, Sequence_
+
+    engine, tokenizer = served[1], served[3]
+    if not engine.packing:
+        pytest.skip(f"packed prefill runs on mfcore's CPU kernels ({kernels_status()})")
+    for _ in range(100):  # idle first: no earlier test's request still running
+        if engine.running == 0 and engine.queue_length == 0:
+            break
+        time.sleep(0.05)
+    finished = []
+    prefills = engine.stats["prefills"]
+    for i in range(MAX_BATCH):  # 10 ms apart, well inside the 40 ms the engine waits after each
+        ids = tokenizer.encode(PROMPTS[i])
+        engine.submit(Sequence_(ids, SamplingParams(max_tokens=2, temperature=0.0),
+                                lambda kind, payload: finished.append(payload) if kind in ("done", "error") else None))
+        time.sleep(0.01)
+    for _ in range(400):
+        if len(finished) == MAX_BATCH:
+            break
+        time.sleep(0.05)
+    assert finished == ["length"] * MAX_BATCH
+    assert engine.stats["prefills"] - prefills == 1
+
+
 def test_the_command_serves_a_directory_and_exits_2_when_loading_fails(served, tmp_path, capsys):
     """`mfcore serve` itself, as a process: a model directory served to the openai client; a model that
     cannot load prints why and exits with 2."""
