@@ -5,7 +5,8 @@ between two decode steps, as many as there are free slots (up to `pack_length` p
 their prompts are packed end to end into ONE row and prefilled together, in chunks, through the batch-1
 prompt graph (`_pack`: each token sees only the earlier tokens of its own prompt, rotary positions
 counted per prompt, the logits read at each prompt's last token). The matmuls see every waiting token at
-once, so sixteen prompts cost one pass over the weights per chunk, not sixteen. A small compiled graph
+once, so sixteen prompts cost one pass over the weights per chunk, not sixteen (an idle engine first waits
+a moment for the requests sent with the first one, `_gather_arrivals`). A small compiled graph
 (`_insert`) then copies each prompt's keys and values from the packed row into its slot's row, real
 tokens in columns 0..n-1. Then they decode with every other active row, one token per step:
 each row has its own position, write column (cache_slot (B, 1, T, 1)) and visible columns
