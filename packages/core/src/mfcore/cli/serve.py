@@ -32,8 +32,8 @@ def add_command(subparsers) -> None:
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
                         help="weight dtype (default: the checkpoint's config; on CPU 16-bit weights compute in float32)")
     parser.add_argument("--gather-ms", "--gather_ms", type=float, default=None,
-                        help="an idle server waits this long after each request for others sent with it, so that "
-                             "they prefill together (default 40; 0: start at once)")
+                        help="an idle server waits this long after each request for others sent with it, so "
+                             "that they prefill together (default 40; 0: start at once)")
     parser.add_argument("--log-level", "--log_level", default="info")
     parser.set_defaults(func=run_serve)
 
