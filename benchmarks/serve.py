@@ -149,7 +149,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--only", choices=("mfcore", "llama"))
     parser.add_argument("--timeout", type=float, default=900)
-    parser.add_argument("--log-dir", default="/tmp")
+    parser.add_argument("--log-dir", default="/tmp", help="the servers' logs: serve-mfcore.log, serve-llama.log")
+    parser.add_argument("--mfcore-log-level", default="warning", help="debug: the engine logs each prefill")
     parser.add_argument("--out")
     args = parser.parse_args(argv)
     slots = max(args.clients)
@@ -160,7 +161,7 @@ def main(argv=None) -> int:
         result["mfcore"] = bench_server("mfcore", [sys.executable, "-m", "mfcore", "serve", "--model", args.model,
                                                    "--dtype", args.dtype, "--port", "8811", "--max-batch", slots,
                                                    "--max-model-len", CONTEXT, "--served-model-name", "bench",
-                                                   "--log-level", "warning"],
+                                                   "--log-level", args.mfcore_log_level],
                                         "http://127.0.0.1:8811", "bench", args)
     if args.only != "mfcore":
         result["llama"] = bench_server("llama", [args.llama_server, "-m", args.gguf, "--host", "127.0.0.1",

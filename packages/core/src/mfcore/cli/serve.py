@@ -9,6 +9,7 @@ when the command runs.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import threading
 from pathlib import Path
@@ -77,6 +78,9 @@ def run_serve(args) -> int:
         from mfcore.serving.app import ServerState, create_app
     except ImportError as exc:
         raise ConfigError("mfcore serve", f"needs FastAPI and uvicorn ({exc}): pip install 'mfcore[serve]'") from exc
+    if args.log_level.lower() in ("debug", "trace"):  # the engine's own log: each prefill, its size and time
+        logging.basicConfig(format="%(asctime)s %(name)s: %(message)s")
+        logging.getLogger("mfcore").setLevel(logging.DEBUG)
     state = ServerState()
     server = uvicorn.Server(uvicorn.Config(create_app(state), host=args.host, port=args.port,
                                            log_level=args.log_level))

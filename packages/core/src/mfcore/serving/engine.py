@@ -31,6 +31,7 @@ full forward of one prompt, log-softmax, the log-probability of each next token 
 from __future__ import annotations
 
 import collections
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -41,6 +42,8 @@ import numpy as np
 from mfcore.generation.config import GenerationConfig
 from mfcore.generation.decoding import DEFAULT_PREFILL_CHUNK, bucket_length, prefill_chunk
 from mfcore.generation.packed_rows import PackedRows, supports_packed_rows
+
+logger = logging.getLogger(__name__)
 from mfcore.generation.sampling import next_tokens
 
 TOP_LOGPROBS = 5  # the most alternatives per token the API returns (OpenAI's limit for completions)
@@ -308,6 +311,8 @@ class Engine:
         with self.lock:
             self.pending.append(sequence)
             self.lock.notify()
+            logger.debug("queued: %d prompt tokens; %d waiting, %d running", len(sequence.prompt_ids),
+                         len(self.pending), self.running)
 
     @property
     def queue_length(self) -> int:
@@ -429,6 +434,7 @@ class Engine:
         if not ready:
             return
         free = [i for i, s in enumerate(self.slots) if s is None]
+        started = time.monotonic()
         try:
             logits = self._prefill_packed([s.prompt_ids for s in ready], insert_into=free[:len(ready)])
         except Exception as exc:  # the model failed on this prefill: its requests learn why, the others go on
@@ -436,6 +442,9 @@ class Engine:
                 self._finish(sequence, None, error=f"generation failed: {exc}")
             return
         self.stats["prefills"] += 1
+        logger.debug("prefill: %d prompts, %d tokens, %.2f s, beside %d running rows; the oldest had waited %.2f s",
+                     len(ready), sum(len(s.prompt_ids) for s in ready), time.monotonic() - started, self.running,
+                     started - min(s.submitted for s in ready))
         for sequence, slot, row in zip(ready, free, logits):
             self._occupy(sequence, slot)
             self._guarded(sequence, lambda s: self._accept(s, row))
