@@ -63,6 +63,10 @@ def test_swiglu_matches_numpy(kernels):
 def test_silu_mul_matches_numpy(kernels):
     rng = np.random.default_rng(4)
     gate, up = (rng.standard_normal((3, 5, 77)).astype(np.float32) * 4 for _ in range(2))
+    # the ends of float32's exp range and beyond, in the vectorised part and in the scalar rest
+    extremes = np.array([-300, -104, -89, -87.5, -30, -1e-20, 0, 1e-20, 30, 87.5, 88.5, 89, 104, 300], np.float32)
+    gate[0, 0, :14] = extremes
+    gate[2, 4, -7:] = extremes[::2]  # the last 3 of 1155 values take the scalar path
     got = compiled(kernels.silu_mul)(Tensor(gate), Tensor(up)).asnumpy()
     gate64 = gate.astype(np.float64)
     np.testing.assert_allclose(got, gate64 / (1 + np.exp(-gate64)) * up, rtol=1e-6, atol=1e-6)
