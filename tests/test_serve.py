@@ -323,6 +323,7 @@ def test_load_64_requests_from_16_clients_equal_alone_no_leak_no_recompile(serve
         # requests (with 4 slots most join one at a time, as a slot frees)
         assert engine.packing and engine.stats["prefills"] - prefills < len(requests)
         assert engine.in_place  # decode wrote the slots' caches in place: the answers above equal alone runs
+        assert engine.pack_in_place  # and so did the packed prefill's chunks, the packed caches
     print(f"load: 64 requests, 16 clients, {took:.1f} s, {engine.stats['steps'] - steps} steps for {tokens} tokens, "
           f"RSS {grown:+.0f} MB")
 

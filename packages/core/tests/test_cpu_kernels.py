@@ -211,6 +211,13 @@ def test_cache_attention_writes_the_chunk_and_attends(kernels, past, seen_keys):
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
     assert (out[-1, :, :, 0] == 0).all()  # the query that sees nothing
     np.testing.assert_array_equal(k_cache, before)
+    # in place: the given caches are written (the graph runs on their memory), the output is the same
+    in_k, in_v = Tensor(k_cache.copy()), Tensor(v_cache.copy())
+    out_in_place = compiled(kernels.cache_attention_in_place)(Tensor(q), Tensor(k), Tensor(v), in_k, in_v,
+                                                              Tensor(bias), Tensor(index)).asnumpy()
+    np.testing.assert_array_equal(out_in_place, out)
+    np.testing.assert_array_equal(in_k.asnumpy(), expected_k)
+    np.testing.assert_array_equal(in_v.asnumpy(), expected_v)
 
 
 def test_switched_off_by_environment(fresh_state, monkeypatch):

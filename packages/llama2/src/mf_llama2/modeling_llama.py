@@ -237,6 +237,7 @@ class LlamaAttention(nn.Cell):
         self.decode_attention = kernels.decode_attention if kernels else None
         self.decode_attention_in_place = kernels.decode_attention_in_place if kernels else None
         self.cache_attention = kernels.cache_attention if kernels else None
+        self.cache_attention_in_place = kernels.cache_attention_in_place if kernels else None
 
     def qkv(self, x):
         """The q, k and v projections of x (flat heads), from wq/wk/wv or the fused w_qkv. MindFormers r1.5.0
@@ -334,7 +335,10 @@ class LlamaAttention(nn.Cell):
         if self.cache_attention is not None and (chunk or prefix is None):  # one kernel: cache write + attention
             if not chunk:  # the prompt: slot j takes token j, the attention sees the prompt's own S slots
                 cache_slot = mint.clamp(ops.arange(0, k_cache.shape[2], dtype=mindspore.int32), max=length)
-            out, k_cache, v_cache = self.cache_attention(q, k, v, k_cache, v_cache, bias, cache_slot)
+            if in_place:  # a chunk into the given caches themselves (LlamaForCausalLM.forward_with_cache)
+                out = self.cache_attention_in_place(q, k, v, k_cache, v_cache, bias, cache_slot)
+            else:
+                out, k_cache, v_cache = self.cache_attention(q, k, v, k_cache, v_cache, bias, cache_slot)
         elif chunk:  # copy the chunk's keys and values to their slots (a gather from them + one zero row)
             written = (cache_slot < length).reshape(1, 1, -1, 1)
             zero = ops.zeros((batch, self.n_kv_heads, 1, self.head_dim), k_cache.dtype)
@@ -545,6 +549,9 @@ class LlamaForCausalLM(PreTrainedModel):
         # the decode kernel attends the first rows of larger caches and keeps the others as they are
         return self.model.layers[0].attention.decode_attention is not None
 
+    def writes_chunks_in_place(self) -> bool:
+        return self.prefix_encoder is None and self.model.layers[0].attention.cache_attention_in_place is not None
+
     def with_prefix_columns(self, bias):
         """bias (..., T) with the prefix's columns (always visible) in front."""
         visible = ops.zeros(bias.shape[:-1] + (self.prefix_length(),), bias.dtype)
@@ -651,8 +658,10 @@ class LlamaForCausalLM(PreTrainedModel):
 
     def forward_with_cache(self, input_ids, position_ids, attention_bias, cache_slot, *caches, logits_at=None,
                            in_place=False):
-        if in_place and (input_ids.shape[1] != 1 or not self.decodes_leading_rows()):
-            raise ValueError("forward_with_cache(in_place=True) takes one token per row, on the decode kernel")
+        if in_place and not (self.decodes_leading_rows() if input_ids.shape[1] == 1 else
+                             cache_slot.ndim == 1 and self.writes_chunks_in_place()):
+            raise ValueError("forward_with_cache(in_place=True) takes one token per row on the decode kernel, or a "
+                             "prompt chunk (cache_slot (T,)) on the cache kernel")
         hidden = self.model.embed(input_ids)
         cos, sin = self.model.rotary(position_ids)
         batch, length = input_ids.shape
@@ -676,9 +685,10 @@ class LlamaForCausalLM(PreTrainedModel):
             hidden, k_cache, v_cache = layer.forward_with_cache(hidden, rope, bias, cache_slot, caches[2 * i],
                                                                 caches[2 * i + 1], prefixes[i], in_place)
             new_caches = new_caches + (k_cache, v_cache)
-        if in_place:  # the caches given were written: the logits alone
-            return (self.logits(hidden),)
         if logits_at is not None:  # chosen positions of a several-token call (packed prompts' last tokens)
-            return (self.logits(ops.gather(hidden, logits_at, 1)),) + new_caches
-        logits = self.logits(hidden if length == 1 else hidden[:, -1])
+            logits = self.logits(ops.gather(hidden, logits_at, 1))
+        else:
+            logits = self.logits(hidden if length == 1 else hidden[:, -1])
+        if in_place:  # the caches given were written: the logits alone
+            return (logits,)
         return (logits,) + new_caches

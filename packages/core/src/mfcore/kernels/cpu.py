@@ -81,6 +81,8 @@ class DecodeKernels(NamedTuple):
     # k_cache, v_cache (B, G, T, D), bias (B|1, 1, 1, S, Tb <= T), index (T,) int32: the token each slot takes,
     # S for none) -> (out like q, k_cache', v_cache')
     cache_attention: object
+    # The same writing k and v into the given caches themselves -> out only (a server's packed prefill)
+    cache_attention_in_place: object
     # Packed prompts into a server's slots: (packed (1, G, P, D), cache (B, G, T, D), columns (B, T) int32,
     # rows (B,) bool) -> the cache with row b's column j = packed column columns[b, j] where rows[b]
     cache_insert: object
@@ -139,6 +141,8 @@ def _build():
                             cache_attention=custom("MfcoreCacheAttention",
                                                    lambda q, k, v, kc, vc, bias, index: (q, kc, vc),
                                                    lambda q, k, v, kc, vc, bias, index: (q, kc, vc)),
+                            cache_attention_in_place=custom("MfcoreCacheAttentionInPlace",
+                                                            lambda q, k, v, kc, vc, bias, index: q),
                             cache_insert=custom("MfcoreCacheInsert", lambda packed, cache, columns, rows: cache))
     return kernels, f"on: {library}"
 

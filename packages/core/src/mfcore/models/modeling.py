@@ -308,8 +308,8 @@ class PreTrainedModel(nn.Cell):
         """Run the tokens not yet cached; return (logits of the last position (B, V) float32, *new caches).
         With logits_at (K,) int32 (models with supports_logits_at), the logits of those positions of a
         several-token call instead, (B, K, V): the last token of each prompt packed into one row. With
-        in_place=True (one token per row, models that decode_leading_rows), the caches given are written
-        themselves and only (logits,) comes back."""
+        in_place=True (one token per row on models that decode_leading_rows, or a prompt chunk on models that
+        write_chunks_in_place), the caches given are written themselves and only (logits,) comes back."""
         raise NotImplementedError(f"{type(self).__name__} does not implement the KV-cache protocol")
 
     supports_logits_at = False
@@ -318,6 +318,12 @@ class PreTrainedModel(nn.Cell):
         """Whether a one-token-per-row call may hold fewer rows than the caches: the first rows decode and the
         others come back unchanged (a server's row buckets then never slice the caches apart), and may write
         the caches in place (forward_with_cache(in_place=True))."""
+        return False
+
+    def writes_chunks_in_place(self) -> bool:
+        """Whether a prompt-chunk call (cache_slot (T,)) may write the caches given in place
+        (forward_with_cache(in_place=True) returns only the logits): a server's packed prefill then copies
+        no cache per chunk."""
         return False
 
     # A model that takes a prompt in pieces (forward_with_cache with past_length > 0 and several tokens) sets
