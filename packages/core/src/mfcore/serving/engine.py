@@ -49,6 +49,7 @@ from mfcore.generation.sampling import next_tokens
 TOP_LOGPROBS = 5  # the most alternatives per token the API returns (OpenAI's limit for completions)
 DEFAULT_GATHER_MS = 40.0  # an idle engine waits this long after each arrival for the next (_gather_arrivals)
 GATHER_ROUNDS = 8  # ... and at most this many times as long in all
+GATHER_SHARE = 0.05  # ... or, for a large pack, this share of the prefill it is about to run (and twice it in all)
 
 
 @dataclass
@@ -130,6 +131,7 @@ class Engine:
         if gather_ms < 0:
             raise ValueError(f"gather_ms must be >= 0, got {gather_ms}")
         self.gather_s = gather_ms / 1000.0  # an idle engine's wait for requests sent together (_gather_arrivals)
+        self.prefill_s_per_token: Optional[float] = None  # measured on the packed prefills served so far
         self.packing = supports_packed_rows(model)  # packed prefill: several prompts in one row
         if self.packing:
             size = {None: DEFAULT_PREFILL_CHUNK, 0: self.cache_length}.get(prefill_chunk_size, prefill_chunk_size)
@@ -382,20 +384,24 @@ class Engine:
 
     def _gather_arrivals(self) -> None:
         """An idle engine's first request waits for those sent with it, so that they prefill as one pack.
-        Clients that start together reach the server spread over ~0.1 s; taking the first alone made the
-        rest wait for its whole prefill before their own (16 clients at 1.5B: a lone ~1 s prefill, then 15
-        prompts packed, every one of them ~1.1 s later). Waits until no request has come for `gather_s`,
-        GATHER_ROUNDS x gather_s at most, and not once every slot has a request. A lone request pays one
-        `gather_s` (40 ms by default; 0 turns this off). Running rows never wait: between two decode steps,
+        Clients that start together reach the server spread over ~0.1-0.2 s, with gaps of up to ~60 ms;
+        starting on the first few made the rest wait for that whole prefill before their own (16 clients at
+        1.5B: 7 prompts, 4.0 s, then the other 9, another 4.0 s; one pack of 16 took 6.0 s). Waits until no
+        request has come for `gather_s` (40 ms by default; 0 turns this off) or, once a pack is large,
+        for GATHER_SHARE of the time its prefill will take (prefill_s_per_token, measured), whichever is
+        longer; in all at most GATHER_ROUNDS x gather_s or twice that share; never once every slot has a
+        request. A lone request pays one `gather_s`. Running rows never wait: between two decode steps,
         requests gather by themselves."""
         if self.gather_s <= 0:
             return
         with self.lock:
-            last = time.monotonic()
-            deadline = last + GATHER_ROUNDS * self.gather_s
+            first = last = time.monotonic()
             count = len(self.pending)
             while not self._stopping and count < self.max_batch:
-                quiet_until = min(last + self.gather_s, deadline)
+                share = GATHER_SHARE * (self.prefill_s_per_token or 0.0) * sum(
+                    len(s.prompt_ids) for s in self.pending)
+                quiet_until = min(last + max(self.gather_s, share), first + max(GATHER_ROUNDS * self.gather_s,
+                                                                                2 * share))
                 now = time.monotonic()
                 if now >= quiet_until:
                     return
@@ -465,8 +471,12 @@ class Engine:
                 self._finish(sequence, None, error=f"generation failed: {exc}")
             return
         self.stats["prefills"] += 1
+        tokens = sum(len(s.prompt_ids) for s in ready)
+        per_token = (time.monotonic() - started) / tokens
+        self.prefill_s_per_token = per_token if self.prefill_s_per_token is None else (
+            0.5 * self.prefill_s_per_token + 0.5 * per_token)
         logger.debug("prefill: %d prompts, %d tokens, %.2f s, beside %d running rows; the oldest had waited %.2f s",
-                     len(ready), sum(len(s.prompt_ids) for s in ready), time.monotonic() - started, self.running,
+                     len(ready), tokens, time.monotonic() - started, self.running,
                      started - min(s.submitted for s in ready))
         for sequence, slot, row in zip(ready, free, logits):
             self._occupy(sequence, slot)
@@ -575,13 +585,17 @@ class Engine:
         visible[[s is None for s in self.slots[:rows]], 0] = True
         bias = np.where(visible, 0.0, -1e9).astype(np.float32)[:, None, None, :]
         args = (self._ids[:rows], self._positions[:rows], bias, slot_mask[:rows])
+        started = time.monotonic()
         logits = self._step(rows, args)
+        stepped = time.monotonic()
         self.stats["steps"] += 1
-        self.recent_tokens.append((time.monotonic(), len(active)))
+        self.recent_tokens.append((stepped, len(active)))
         for sequence in active:
             sequence.position += 1
             sequence.column += 1
             self._guarded(sequence, lambda s: self._accept(s, logits[s.slot].astype(np.float32)))
+        logger.debug("decode: %d rows in a %d-row step, %.0f ms, then %.0f ms choosing and handing out tokens",
+                     len(active), rows, 1000 * (stepped - started), 1000 * (time.monotonic() - stepped))
 
     def _accept(self, sequence: Sequence_, logits: np.ndarray) -> None:
         """Choose the next token from one row's logits, hand its text out, stop when it is time."""
