@@ -46,6 +46,7 @@ from mfcore.utils.paths import mfcore_home
 
 SOURCES = tuple(Path(__file__).with_name("csrc") / name
                 for name in ("decode_kernels.cc", "weight_kernels.cc", "attention_kernels.cc"))
+HEADERS = (Path(__file__).with_name("csrc") / "vector_exp.h",)  # part of the cache key, not compiled alone
 # -march=native: the vector path (AVX-512, AVX2, or plain C++) is chosen for the CPU the library is built on;
 # the cache key below holds the CPU's flags, so another CPU builds its own. OpenMP splits the weight kernels
 # over the cores (passive waiting, see mfcore/__init__.py).
@@ -160,7 +161,7 @@ def _compiled_library():
     compiler = shutil.which(os.environ.get("CXX", "g++"))
     if compiler is None:
         return None, "off: no C++ compiler (g++ or $CXX) on PATH"
-    source = b"".join(path.read_bytes() for path in SOURCES)
+    source = b"".join(path.read_bytes() for path in SOURCES + HEADERS)
     try:
         version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError) as exc:

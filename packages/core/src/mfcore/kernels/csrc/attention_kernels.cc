@@ -16,6 +16,8 @@
 #include <immintrin.h>
 #endif
 
+#include "vector_exp.h"
+
 namespace {
 
 constexpr float kMasked = -1e8f;
@@ -75,9 +77,28 @@ void attend_visible(const float* q, const float* k, const float* v, const float*
     scores[c] = s;
     top = s > top ? s : top;
   }
-  float total = 0.0f;
-  for (int64_t c = 0; c < count; ++c) total += (scores[c] = std::exp(scores[c] - top));
-  const float inv = 1.0f / total;
+  const float inv = 1.0f / exp_shifted_sum(scores, count, top);
+#if defined(__AVX512F__)
+  if (dim % 64 == 0) {  // out summed in registers, 64 columns at a time, scaled once (Llama: D = 64 or 128)
+    for (int64_t d = 0; d < dim; d += 64) {
+      __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+      for (int64_t c = 0; c < count; ++c) {
+        const float* row = v + seen[c] * dim + d;
+        const __m512 p = _mm512_set1_ps(scores[c]);
+        a0 = _mm512_fmadd_ps(p, _mm512_loadu_ps(row), a0);
+        a1 = _mm512_fmadd_ps(p, _mm512_loadu_ps(row + 16), a1);
+        a2 = _mm512_fmadd_ps(p, _mm512_loadu_ps(row + 32), a2);
+        a3 = _mm512_fmadd_ps(p, _mm512_loadu_ps(row + 48), a3);
+      }
+      const __m512 scale = _mm512_set1_ps(inv);
+      _mm512_storeu_ps(out + d, _mm512_mul_ps(a0, scale));
+      _mm512_storeu_ps(out + d + 16, _mm512_mul_ps(a1, scale));
+      _mm512_storeu_ps(out + d + 32, _mm512_mul_ps(a2, scale));
+      _mm512_storeu_ps(out + d + 48, _mm512_mul_ps(a3, scale));
+    }
+    return;
+  }
+#endif
   for (int64_t c = 0; c < count; ++c) axpy_f32(out, scores[c] * inv, v + seen[c] * dim, dim);
 }
 
