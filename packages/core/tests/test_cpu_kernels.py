@@ -187,6 +187,11 @@ def test_cache_insert_copies_packed_columns_into_the_chosen_slots(kernels):
     for b in np.flatnonzero(rows):
         expected[b] = packed[0][:, columns[b]]
     np.testing.assert_array_equal(got, expected)
+    # in place: the given cache is written (the graph runs on its memory); rows come back
+    in_cache = Tensor(cache.copy())
+    echoed = compiled(kernels.cache_insert_in_place)(Tensor(packed), in_cache, Tensor(columns), Tensor(rows))
+    np.testing.assert_array_equal(echoed.asnumpy(), rows)
+    np.testing.assert_array_equal(in_cache.asnumpy(), expected)
 
 
 @pytest.mark.parametrize("past,seen_keys", [(5, 16), (0, 4)])  # a chunk over the whole cache; a prompt

@@ -87,6 +87,8 @@ class DecodeKernels(NamedTuple):
     # Packed prompts into a server's slots: (packed (1, G, P, D), cache (B, G, T, D), columns (B, T) int32,
     # rows (B,) bool) -> the cache with row b's column j = packed column columns[b, j] where rows[b]
     cache_insert: object
+    # The same writing the chosen rows of `cache` itself -> rows (B,) bool (a server's slot caches)
+    cache_insert_in_place: object
 
 
 def decode_kernels() -> Optional[DecodeKernels]:
@@ -144,7 +146,10 @@ def _build():
                                                    lambda q, k, v, kc, vc, bias, index: (q, kc, vc)),
                             cache_attention_in_place=custom("MfcoreCacheAttentionInPlace",
                                                             lambda q, k, v, kc, vc, bias, index: q),
-                            cache_insert=custom("MfcoreCacheInsert", lambda packed, cache, columns, rows: cache))
+                            cache_insert=custom("MfcoreCacheInsert", lambda packed, cache, columns, rows: cache),
+                            cache_insert_in_place=custom("MfcoreCacheInsertInPlace",
+                                                         lambda packed, cache, columns, rows: rows,
+                                                         lambda packed, cache, columns, rows: rows))
     return kernels, f"on: {library}"
 
 

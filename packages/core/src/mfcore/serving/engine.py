@@ -159,6 +159,7 @@ class Engine:
             in_place = self.in_place and self.model.writes_chunks_in_place() and self._pack_in_place_works()
             if not in_place:
                 self._packed_caches = self._zero_caches(1, self.pack_length)
+                self._caches = self._zero_caches(self.max_batch)
                 self._build_pack_step(False)
         # host copies of the per-row decode inputs
         self._ids = np.full((self.max_batch, 1), self.pad_id, dtype=np.int32)
@@ -175,8 +176,6 @@ class Engine:
         import mindspore
         from mindspore import mint, ops
 
-        from mfcore.kernels import decode_kernels
-
         model = self.model
         jit = mindspore.jit if self.use_jit else (lambda f: f)
 
@@ -184,25 +183,6 @@ class Engine:
         # and that warning is what a recompile looks like (tests count it).
         def prompt_step(input_ids, position_ids, attention_bias, cache_slot, *caches):
             return model.forward_with_cache(input_ids, position_ids, attention_bias, cache_slot, *caches)
-
-
-        kernels = decode_kernels()
-        float32_caches = all(dtype == mindspore.float32 for _, dtype in model.kv_cache_shapes(1, 16))
-        cache_insert = kernels.cache_insert if kernels is not None and float32_caches else None
-
-        def insert_packed(columns, rows, *caches):
-            """Slots where `rows` (B,) is True <- columns of the packed row: column j of slot b takes packed
-            column columns[b, j] ((B, T) int32). One kernel per cache where there is one (MindSpore's gather,
-            transpose and select below took ~1 s per prefill at 1.5B with 16 slots)."""
-            half = len(caches) // 2
-            if cache_insert is not None:
-                return tuple(cache_insert(packed, big, columns, rows) for packed, big in zip(caches[:half], caches[half:]))
-            new = []
-            for packed, big in zip(caches[:half], caches[half:]):
-                taken = ops.gather(packed[0], columns.reshape(-1), 1)  # (kv heads, B * T, head dim)
-                taken = taken.reshape(packed.shape[1], big.shape[0], big.shape[2], big.shape[3]).transpose(1, 0, 2, 3)
-                new.append(mint.where(rows.reshape(-1, 1, 1, 1), taken, big))
-            return tuple(new)
 
         def insert(row, order, *caches):
             """Row `row` (B, 1, 1, 1) bool of the big caches <- the batch-1 caches taken in column `order`
@@ -221,27 +201,56 @@ class Engine:
         self._prompt_step = jit(prompt_step)
         self._jit = jit
         self._insert, self._score = jit(insert), jit(score)
-        self._insert_packed = jit(insert_packed)
 
     def _build_pack_step(self, in_place: bool) -> None:
-        """The packed prefill's chunk graph; in_place: it writes the packed caches given (only logits come
-        back) instead of returning new ones, which copied all of them per chunk (~4% of a prefill at 1.5B)."""
+        """The packed prefill's graphs: the chunk step and the copy of each prompt into its slot. in_place:
+        they write the packed caches and the slot caches given, not new ones: each chunk copied all 32 packed
+        caches, and each insert all 32 slot caches (256 MB at 1.5B with 16 slots), into fresh pages."""
+        import mindspore
+        from mindspore import mint, ops
+
+        from mfcore.kernels import decode_kernels
+
         model = self.model
+        kernels = decode_kernels()
+        float32_caches = all(dtype == mindspore.float32 for _, dtype in model.kv_cache_shapes(1, 16))
+        cache_insert = None
+        if kernels is not None and float32_caches:
+            cache_insert = kernels.cache_insert_in_place if in_place else kernels.cache_insert
+        elif in_place:
+            raise ValueError("an in-place packed prefill needs mfcore's cache kernels and float32 caches")
         self.pack_in_place = in_place
 
         def pack_step(input_ids, position_ids, attention_bias, cache_slot, logits_at, *caches):
             return model.forward_with_cache(input_ids, position_ids, attention_bias, cache_slot, *caches,
                                             logits_at=logits_at, in_place=in_place)
 
-        self._pack_step = self._jit(pack_step)
+        def insert_packed(columns, rows, *caches):
+            """Slots where `rows` (B,) is True <- columns of the packed row: column j of slot b takes packed
+            column columns[b, j] ((B, T) int32). One kernel per cache where there is one (MindSpore's gather,
+            transpose and select below took ~1 s per prefill at 1.5B with 16 slots)."""
+            half = len(caches) // 2
+            if cache_insert is not None:
+                return tuple(cache_insert(packed, big, columns, rows) for packed, big in zip(caches[:half], caches[half:]))
+            new = []
+            for packed, big in zip(caches[:half], caches[half:]):
+                taken = ops.gather(packed[0], columns.reshape(-1), 1)  # (kv heads, B * T, head dim)
+                taken = taken.reshape(packed.shape[1], big.shape[0], big.shape[2], big.shape[3]).transpose(1, 0, 2, 3)
+                new.append(mint.where(rows.reshape(-1, 1, 1, 1), taken, big))
+            return tuple(new)
+
+        self._pack_step, self._insert_packed = self._jit(pack_step), self._jit(insert_packed)
 
     def _pack_in_place_works(self) -> bool:
-        """Whether the packed prefill's in-place writes reach the packed caches (as _in_place_works asks for
-        decode): a one-token pack must leave its key in column 0. Where they do not, chunks copy the caches."""
-        self._build_pack_step(True)
+        """Whether the packed prefill's in-place writes reach the packed caches and the slot caches (as
+        _in_place_works asks for decode): a one-token pack inserted into slot 0 (free: any prompt there
+        later writes its column 0 again) must leave its key in column 0 of both. Where they do not, the
+        packed prefill copies the caches."""
         try:
-            self._prefill_packed([[self.pad_id]], insert_into=[])
-            return bool(np.abs(self._packed_caches[0].asnumpy()[0, :, 0]).sum() > 0)
+            self._build_pack_step(True)
+            self._prefill_packed([[self.pad_id]], insert_into=[0])
+            return all(bool(np.abs(caches[0].asnumpy()[0, :, 0]).sum() > 0)
+                       for caches in (self._packed_caches, self._caches))
         except Exception:  # noqa: BLE001 - the copying path always works
             return False
 
@@ -524,7 +533,9 @@ class Engine:
             rows[slot] = True
             taken[slot, :n] = np.arange(start, start + n)
         self._note_shape("insert", taken, rows)
-        self._caches = list(self._insert_packed(Tensor(taken), Tensor(rows), *self._packed_caches, *self._caches))
+        written = self._insert_packed(Tensor(taken), Tensor(rows), *self._packed_caches, *self._caches)
+        if not self.pack_in_place:
+            self._caches = list(written)
         return logits_per_prompt
 
     def _occupy(self, sequence: Sequence_, slot: int) -> None:

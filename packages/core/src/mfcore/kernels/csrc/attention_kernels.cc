@@ -346,35 +346,51 @@ extern "C" int MfcoreCacheAttentionInPlace(int nparam, void** params, int* ndims
 //   MfcoreCacheInsert  out = cache, except out[b, g, j] = packed[0, g, columns[b, j]] for every row b with rows[b]
 // params: packed (1, G, P, D) float32; cache (B, G, T, D) float32; columns (B, T) int32, each < P;
 // rows (B,) bool -> out (B, G, T, D).
-extern "C" int MfcoreCacheInsert(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes,
-                                 void* stream, void* extra) {
-  (void)stream;
-  (void)extra;
+//   MfcoreCacheInsertInPlace  the same rows written into `cache` itself -> out (B,) bool, a copy of rows (a
+// graph needs an output): no new cache per prefill (copying and page-faulting all 32 caches of 16 slots,
+// 256 MB at 1.5B, was ~4% of a 16-prompt prefill and more of a lone prompt's).
+static int cache_insert(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, bool in_place) {
   if (nparam != 5 || ndims[0] != 4 || ndims[1] != 4 || ndims[2] != 2 || ndims[3] != 1 || !is_float32(dtypes[0]) ||
-      !is_float32(dtypes[1]) || !is_float32(dtypes[4]))
+      !is_float32(dtypes[1]) || (!in_place && !is_float32(dtypes[4])) || (in_place && ndims[4] != 1))
     return 1;
   const int64_t packed_columns = shapes[0][2], batch = shapes[1][0], groups = shapes[1][1], keys = shapes[1][2],
                 dim = shapes[1][3];
   if (shapes[0][0] != 1 || shapes[0][1] != groups || shapes[0][3] != dim || shapes[2][0] != batch ||
-      shapes[2][1] != keys || shapes[3][0] != batch)
+      shapes[2][1] != keys || shapes[3][0] != batch || (in_place && shapes[4][0] != batch))
     return 2;
   const float* packed = static_cast<const float*>(params[0]);
   const float* cache = static_cast<const float*>(params[1]);
   const int32_t* columns = static_cast<const int32_t*>(params[2]);
   const bool* rows = static_cast<const bool*>(params[3]);
-  float* out = static_cast<float*>(params[4]);
+  float* out = in_place ? static_cast<float*>(params[1]) : static_cast<float*>(params[4]);
   for (int64_t x = 0; x < batch * keys; ++x)
     if (rows[x / keys] && (columns[x] < 0 || columns[x] >= packed_columns)) return 3;
+  if (in_place) std::memcpy(params[4], rows, sizeof(bool) * batch);
 #pragma omp parallel for schedule(static)
   for (int64_t h = 0; h < batch * groups; ++h) {  // one kv head of one slot
     const int64_t b = h / groups, g = h % groups;
     float* dst = out + h * keys * dim;
     if (!rows[b]) {
-      std::memcpy(dst, cache + h * keys * dim, sizeof(float) * keys * dim);
+      if (!in_place) std::memcpy(dst, cache + h * keys * dim, sizeof(float) * keys * dim);
       continue;
     }
     for (int64_t j = 0; j < keys; ++j)
       std::memcpy(dst + j * dim, packed + (g * packed_columns + columns[b * keys + j]) * dim, sizeof(float) * dim);
   }
   return 0;
+}
+
+extern "C" int MfcoreCacheInsert(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes,
+                                 void* stream, void* extra) {
+  (void)stream;
+  (void)extra;
+  return cache_insert(nparam, params, ndims, shapes, dtypes, false);
+}
+
+// params: packed, cache, columns, rows as above -> rows (B,) bool; `cache` is written.
+extern "C" int MfcoreCacheInsertInPlace(int nparam, void** params, int* ndims, int64_t** shapes,
+                                        const char** dtypes, void* stream, void* extra) {
+  (void)stream;
+  (void)extra;
+  return cache_insert(nparam, params, ndims, shapes, dtypes, true);
 }
