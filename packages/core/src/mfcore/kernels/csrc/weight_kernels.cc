@@ -6,8 +6,8 @@
 //   MfcoreLinearF16   y = x . W^T            W (N, K) float16
 //   MfcoreLinearInt8  y = (x . Wq^T) * s     Wq (N, K) int8, s (N) float32: round-to-nearest, per channel
 //   MfcoreEmbedBf16   y = table[ids]         table (V, H) bfloat16 -> float32 rows
-// x is (rows, K). On AVX512_BF16 CPUs, bfloat16 and int8 weights take vdpbf16ps on tiles of 4 weight rows
-// by up to 6 rows of x, x rounded to bfloat16 (linear_bf16_dot: memory bound up to ~6 rows, then compute
+// x is (rows, K). On AVX512_BF16 CPUs, bfloat16 and int8 weights take vdpbf16ps on tiles of 6 weight rows
+// by up to 4 rows of x, x rounded to bfloat16 (linear_bf16_dot: memory bound up to ~6 rows, then compute
 // bound). Elsewhere up to 4 rows (decode) stream each weight row once, and more rows widen a block of 4
 // weight rows once into a float32 buffer and run 4x4 register tiles over it. All split the output
 // channels over the OpenMP threads. The vector width is chosen when
@@ -245,9 +245,11 @@ void int8_as_bf16(const int8_t* w, int64_t count, uint16_t* out) {
   }
 }
 
-constexpr int kDotW = 4;  // register tile of the vdpbf16ps path: 4 weight rows ...
-constexpr int kDotX = 6;  // ... by up to 6 rows of x: 24 accumulators + 4 + 1 registers of the 32 (1.8x the
-                          // 4 x 4 tile's flops at 128 rows on Zen 4; 7 rows spill)
+constexpr int kDotW = 6;  // register tile of the vdpbf16ps path: 6 weight rows ...
+constexpr int kDotX = 4;  // ... by up to 4 rows of x: 24 accumulators + 6 + 1 registers of the 32. Against
+                          // 4 x 6 (the other way round): the same at 1 and 128 rows, 1.03-1.05x at 16 (4 even
+                          // tiles, not 6 + 6 + 4), 1.16x at 4 (one tile, not 4 of a 6-row tile's registers);
+                          // 3 x 8 0.88x, 2 x 12 spills. Both 1.8x the 4 x 4 float32-FMA tile at 128 rows.
 
 // One tile: `count` (<= kDotX, a compile-time bound so the accumulators stay in registers) rows of x
 // against kDotW weight rows over the whole of k, summed into y. X = the number of x rows this instance
@@ -277,8 +279,7 @@ void dot_tile(const uint16_t* const xr[], const uint16_t* const wr[kDotW], int64
 
 using DotTile = void (*)(const uint16_t* const[], const uint16_t* const[kDotW], int64_t, int64_t, __mmask32,
                          float[kDotX][kDotW], const uint16_t* const[kDotW], int, int);
-constexpr DotTile kDotTiles[kDotX + 1] = {nullptr, dot_tile<1>, dot_tile<2>, dot_tile<3>, dot_tile<4>, dot_tile<5>,
-                                          dot_tile<6>};
+constexpr DotTile kDotTiles[kDotX + 1] = {nullptr, dot_tile<1>, dot_tile<2>, dot_tile<3>, dot_tile<4>};
 
 // W is bfloat16 (used in place) or int8 (a block of 4 rows turned into bfloat16 per step, then scaled).
 template <class W>
@@ -324,7 +325,7 @@ void linear_bf16_dot(const float* x, const typename W::T* w, const float* scale,
         next[c] = reinterpret_cast<const uint16_t*>(w) + next_row * k;
       }
       // A block's first tile reads its weights from memory and its other tiles find them in cache, so with
-      // several tiles (7+ rows: a batch of decode rows) memory sat idle for most of the block. Those other
+      // several tiles (5+ rows: a batch of decode rows) memory sat idle for most of the block. Those other
       // tiles now prefetch this thread's next block into L2, its rows shared out between them: 1.1-1.3x a
       // layer at 10-24 rows on Zen 4, the same elsewhere (hint T0, into L1, gained nothing).
       const bool prefetch = !kInt8 && tiles > 1 && (b + 1) % kRun != 0 && b + 1 < blocks;
