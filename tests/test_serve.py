@@ -328,12 +328,12 @@ def test_load_64_requests_from_16_clients_equal_alone_no_leak_no_recompile(serve
           f"RSS {grown:+.0f} MB")
 
 
-def test_requests_sent_together_to_an_idle_server_prefill_as_one_pack(served):
-    """Clients that start together reach the server a little apart: an idle engine waits for the others
-    (gather_ms) instead of prefilling the first prompt alone and making the rest wait for it."""
+def _burst_prefills(served, prompts, gap: float) -> int:
+    """Submit `prompts` (token ids) to the idle engine `gap` seconds apart, 2 greedy tokens each; wait for all
+    of them; return how many prefills they took."""
     from mfcore.serving.engine import SamplingParams, Sequence_
 
-    engine, tokenizer = served[1], served[3]
+    engine = served[1]
     if not engine.packing:
         pytest.skip(f"packed prefill runs on mfcore's CPU kernels ({kernels_status()})")
     for _ in range(100):  # idle first: no earlier test's request still running
@@ -342,17 +342,41 @@ def test_requests_sent_together_to_an_idle_server_prefill_as_one_pack(served):
         time.sleep(0.05)
     finished = []
     prefills = engine.stats["prefills"]
-    for i in range(MAX_BATCH):  # 10 ms apart, well inside the 40 ms the engine waits after each
-        ids = tokenizer.encode(PROMPTS[i])
+    for ids in prompts:
         engine.submit(Sequence_(ids, SamplingParams(max_tokens=2, temperature=0.0),
                                 lambda kind, payload: finished.append(payload) if kind in ("done", "error") else None))
-        time.sleep(0.01)
+        time.sleep(gap)
     for _ in range(400):
-        if len(finished) == MAX_BATCH:
+        if len(finished) == len(prompts):
             break
         time.sleep(0.05)
-    assert finished == ["length"] * MAX_BATCH
-    assert engine.stats["prefills"] - prefills == 1
+    assert finished == ["length"] * len(prompts)
+    return engine.stats["prefills"] - prefills
+
+
+def test_requests_sent_together_to_an_idle_server_prefill_as_one_pack(served):
+    """Clients that start together reach the server a little apart: an idle engine waits for the others
+    (gather_ms) instead of prefilling the first prompt alone and making the rest wait for it."""
+    tokenizer = served[3]
+    # 10 ms apart, well inside the 40 ms the engine waits after each
+    assert _burst_prefills(served, [tokenizer.encode(PROMPTS[i]) for i in range(MAX_BATCH)], 0.01) == 1
+
+
+def test_a_large_pack_waits_longer_for_its_stragglers(served):
+    """Where the prefill about to run is long (prefill_s_per_token), gaps longer than gather_ms between
+    arrivals do not split the burst: the engine waits up to GATHER_SHARE of that prefill for quiet (with
+    GATHER_SHARE = 0 these three prompts take three prefills)."""
+    from mfcore.serving.engine import GATHER_SHARE
+
+    engine, tokenizer = served[1], served[3]
+    prompts = [tokenizer.encode(PROMPTS[i]) for i in range(3)]
+    gap = 0.1  # 2.5 x gather_ms
+    # as if each prompt token took this long to prefill: one pending prompt asks for ~2 gaps of quiet
+    measured, engine.prefill_s_per_token = engine.prefill_s_per_token, 2 * gap / (GATHER_SHARE * len(prompts[0]))
+    try:
+        assert _burst_prefills(served, prompts, gap) == 1
+    finally:
+        engine.prefill_s_per_token = measured
 
 
 def test_the_command_serves_a_directory_and_exits_2_when_loading_fails(served, tmp_path, capsys):

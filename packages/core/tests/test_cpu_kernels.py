@@ -37,6 +37,16 @@ def compiled(op):
     return call
 
 
+def assert_written_in_place(kernel, before, caches, after, out, written):
+    """An in-place kernel given copies of `caches` (between the arrays `before` and `after`) returns `out` and
+    leaves `written` in them: the graph runs on the given tensors' memory."""
+    given = [Tensor(c.copy()) for c in caches]
+    got = compiled(kernel)(*(Tensor(a) for a in before), *given, *(Tensor(a) for a in after)).asnumpy()
+    np.testing.assert_array_equal(got, out)
+    for tensor, expected in zip(given, written):
+        np.testing.assert_array_equal(tensor.asnumpy(), expected)
+
+
 def test_gemv_matches_numpy(kernels):
     call = compiled(kernels.gemv)
     rng = np.random.default_rng(0)
@@ -167,13 +177,8 @@ def test_decode_attention_writes_the_slot_and_attends(kernels):
     out_rows = call(Tensor(q), Tensor(k), Tensor(v), Tensor(k_cache), Tensor(v_cache), Tensor(bias),
                     Tensor(rows_slot))[0].asnumpy()
     np.testing.assert_array_equal(out_wide, out_rows)
-    # in place: the given caches are written (the graph runs on their memory), the output is the same
-    in_k, in_v = Tensor(wide_k.copy()), Tensor(wide_v.copy())
-    out_in_place = compiled(kernels.decode_attention_in_place)(Tensor(q), Tensor(k), Tensor(v), in_k, in_v,
-                                                               Tensor(bias), Tensor(rows_slot)).asnumpy()
-    np.testing.assert_array_equal(out_in_place, out_rows)
-    np.testing.assert_array_equal(in_k.asnumpy(), k_wide)
-    np.testing.assert_array_equal(in_v.asnumpy(), v_wide)
+    assert_written_in_place(kernels.decode_attention_in_place, (q, k, v), (wide_k, wide_v), (bias, rows_slot),
+                            out_rows, (k_wide, v_wide))
 
 
 def test_cache_insert_copies_packed_columns_into_the_chosen_slots(kernels):
@@ -187,11 +192,8 @@ def test_cache_insert_copies_packed_columns_into_the_chosen_slots(kernels):
     for b in np.flatnonzero(rows):
         expected[b] = packed[0][:, columns[b]]
     np.testing.assert_array_equal(got, expected)
-    # in place: the given cache is written (the graph runs on its memory); rows come back
-    in_cache = Tensor(cache.copy())
-    echoed = compiled(kernels.cache_insert_in_place)(Tensor(packed), in_cache, Tensor(columns), Tensor(rows))
-    np.testing.assert_array_equal(echoed.asnumpy(), rows)
-    np.testing.assert_array_equal(in_cache.asnumpy(), expected)
+    # in place: the given cache is written; rows come back (a graph needs an output)
+    assert_written_in_place(kernels.cache_insert_in_place, (packed,), (cache,), (columns, rows), rows, (expected,))
 
 
 @pytest.mark.parametrize("past,seen_keys", [(5, 16), (0, 4)])  # a chunk over the whole cache; a prompt
@@ -216,13 +218,8 @@ def test_cache_attention_writes_the_chunk_and_attends(kernels, past, seen_keys):
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
     assert (out[-1, :, :, 0] == 0).all()  # the query that sees nothing
     np.testing.assert_array_equal(k_cache, before)
-    # in place: the given caches are written (the graph runs on their memory), the output is the same
-    in_k, in_v = Tensor(k_cache.copy()), Tensor(v_cache.copy())
-    out_in_place = compiled(kernels.cache_attention_in_place)(Tensor(q), Tensor(k), Tensor(v), in_k, in_v,
-                                                              Tensor(bias), Tensor(index)).asnumpy()
-    np.testing.assert_array_equal(out_in_place, out)
-    np.testing.assert_array_equal(in_k.asnumpy(), expected_k)
-    np.testing.assert_array_equal(in_v.asnumpy(), expected_v)
+    assert_written_in_place(kernels.cache_attention_in_place, (q, k, v), (k_cache, v_cache), (bias, index), out,
+                            (expected_k, expected_v))
 
 
 def test_switched_off_by_environment(fresh_state, monkeypatch):

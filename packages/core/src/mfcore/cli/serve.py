@@ -34,8 +34,10 @@ def add_command(subparsers) -> None:
                         help="weight dtype (default: the checkpoint's config; on CPU 16-bit weights compute in float32)")
     parser.add_argument("--gather-ms", "--gather_ms", type=float, default=None,
                         help="an idle server waits this long after each request for others sent with it, so "
-                             "that they prefill together (default 40; 0: start at once)")
-    parser.add_argument("--log-level", "--log_level", default="info")
+                             "that they prefill together, longer for a large pack (up to 5%% of its prefill) "
+                             "(default 40; 0: start at once)")
+    parser.add_argument("--log-level", "--log_level", default="info",
+                        help="uvicorn's log level; debug also logs each prefill and decode step (default info)")
     parser.set_defaults(func=run_serve)
 
 
