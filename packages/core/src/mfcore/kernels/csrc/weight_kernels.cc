@@ -324,18 +324,21 @@ void linear_bf16_dot(const float* x, const typename W::T* w, const float* scale,
         wr[c] = kInt8 ? block.data() + row * k : reinterpret_cast<const uint16_t*>(w) + (j0 + row) * k;
         next[c] = reinterpret_cast<const uint16_t*>(w) + next_row * k;
       }
-      // A block's first tile reads its weights from memory and its other tiles find them in cache, so with
-      // several tiles (5+ rows: a batch of decode rows) memory sat idle for most of the block. Those other
-      // tiles now prefetch this thread's next block into L2, its rows shared out between them: 1.1-1.3x a
-      // layer at 10-24 rows on Zen 4, the same elsewhere (hint T0, into L1, gained nothing).
-      const bool prefetch = !kInt8 && tiles > 1 && (b + 1) % kRun != 0 && b + 1 < blocks;
-      const int per_tile = prefetch ? static_cast<int>((kDotW + tiles - 2) / (tiles - 1)) : 0;
+      // This thread's next block is prefetched into L2 while this one computes, its rows shared out between
+      // the tiles after the first (which reads this block from memory), or all taken by a lone tile (1-4
+      // rows). With several tiles memory sat idle while the later ones computed: 1.1-1.3x a layer at 10-24
+      // rows on Zen 4. With one tile the weights now stream at ~40 GB/s instead of ~30 (1.1-1.2x at 1-4 rows;
+      // hint T0, into L1, was slower: 0.8-0.9x).
+      const bool prefetch = !kInt8 && (b + 1) % kRun != 0 && b + 1 < blocks;
+      const int64_t sharing = tiles > 1 ? tiles - 1 : 1;  // the tiles that prefetch
+      const int per_tile = prefetch ? static_cast<int>((kDotW + sharing - 1) / sharing) : 0;
       for (int64_t r0 = 0, t = 0; r0 < rows; r0 += kDotX, ++t) {
         const int64_t count = rows - r0 < kDotX ? rows - r0 : kDotX;
         const uint16_t* xr[kDotX];
         for (int64_t r = 0; r < count; ++r) xr[r] = xb.data() + (r0 + r) * k;
         float out[kDotX][kDotW];
-        const int first = t == 0 ? kDotW : std::min<int>(kDotW, (t - 1) * per_tile);
+        const int64_t share = tiles > 1 ? t - 1 : t;  // -1: the first of several tiles prefetches nothing
+        const int first = share < 0 ? kDotW : std::min<int>(kDotW, share * per_tile);
         kDotTiles[count](xr, wr, k, full, tail, out, next, first, std::min<int>(kDotW, first + per_tile));
         for (int64_t r = 0; r < count; ++r)
           for (int64_t c = 0; c < cols; ++c) y[(r0 + r) * n + j0 + c] = scale ? out[r][c] * scale[j0 + c] : out[r][c];
