@@ -42,9 +42,9 @@ import numpy as np
 from mfcore.generation.config import GenerationConfig
 from mfcore.generation.decoding import DEFAULT_PREFILL_CHUNK, bucket_length, prefill_chunk
 from mfcore.generation.packed_rows import PackedRows, supports_packed_rows
+from mfcore.generation.sampling import next_tokens
 
 logger = logging.getLogger(__name__)
-from mfcore.generation.sampling import next_tokens
 
 TOP_LOGPROBS = 5  # the most alternatives per token the API returns (OpenAI's limit for completions)
 DEFAULT_GATHER_MS = 40.0  # an idle engine waits this long after each arrival for the next (_gather_arrivals)
@@ -155,6 +155,7 @@ class Engine:
         # Decode writes the slots' caches in place where the model's kernel can and the runtime allows it.
         self.in_place = self.model.decodes_leading_rows() and self._in_place_works()
         self._packed_caches = self._zero_caches(1, self.pack_length) if self.packing else None
+        self.pack_in_place = False
         if self.packing:  # chunks write the packed caches in place where decode does and the model can
             in_place = self.in_place and self.model.writes_chunks_in_place() and self._pack_in_place_works()
             if not in_place:
