@@ -250,8 +250,7 @@ class Engine:
         try:
             self._build_pack_step(True)
             self._prefill_packed([[self.pad_id]], insert_into=[0])
-            return all(bool(np.abs(caches[0].asnumpy()[0, :, 0]).sum() > 0)
-                       for caches in (self._packed_caches, self._caches))
+            return _column_0_written(self._packed_caches) and _column_0_written(self._caches)
         except Exception:  # noqa: BLE001 - the copying path always works
             return False
 
@@ -300,7 +299,7 @@ class Engine:
                 np.zeros((1, 1, 1, self.cache_length), np.float32), slot)
         try:
             self._step(1, args)
-            written = bool(np.abs(self._caches[0].asnumpy()[0, :, 0]).sum() > 0)
+            written = _column_0_written(self._caches)
         except Exception:  # noqa: BLE001 - the copying path always works
             written = False
         if not written:
@@ -481,12 +480,11 @@ class Engine:
                 self._finish(sequence, None, error=f"generation failed: {exc}")
             return
         self.stats["prefills"] += 1
-        tokens = sum(len(s.prompt_ids) for s in ready)
-        per_token = (time.monotonic() - started) / tokens
-        self.prefill_s_per_token = per_token if self.prefill_s_per_token is None else (
-            0.5 * self.prefill_s_per_token + 0.5 * per_token)
+        tokens, took = sum(len(s.prompt_ids) for s in ready), time.monotonic() - started
+        self.prefill_s_per_token = took / tokens if self.prefill_s_per_token is None else (
+            0.5 * self.prefill_s_per_token + 0.5 * took / tokens)
         logger.debug("prefill: %d prompts, %d tokens, %.2f s, beside %d running rows; the oldest had waited %.2f s",
-                     len(ready), tokens, time.monotonic() - started, self.running,
+                     len(ready), tokens, took, self.running,
                      started - min(s.submitted for s in ready))
         for sequence, slot, row in zip(ready, free, logits):
             self._occupy(sequence, slot)
@@ -683,6 +681,11 @@ class Engine:
         chosen, values, indices = (t.asnumpy() for t in self._score(Tensor(ids), Tensor(targets)))
         return [(float(chosen[0, i]), list(zip(indices[0, i].tolist(), values[0, i].astype(float).tolist())))
                 for i in range(n - 1)]
+
+
+def _column_0_written(caches) -> bool:
+    """Whether row 0 of the first cache holds something in column 0 (the in-place checks write a key there)."""
+    return bool(np.abs(caches[0].asnumpy()[0, :, 0]).sum() > 0)
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:

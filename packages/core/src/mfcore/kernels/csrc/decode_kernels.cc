@@ -14,7 +14,6 @@
 
 #include "vector_exp.h"
 
-
 static inline float dot(const float* a, const float* b, int64_t k) {
   int64_t i = 0;
   float result = 0.0f;

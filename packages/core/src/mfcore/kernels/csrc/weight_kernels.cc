@@ -281,7 +281,7 @@ using DotTile = void (*)(const uint16_t* const[], const uint16_t* const[kDotW], 
                          float[kDotX][kDotW], const uint16_t* const[kDotW], int, int);
 constexpr DotTile kDotTiles[kDotX + 1] = {nullptr, dot_tile<1>, dot_tile<2>, dot_tile<3>, dot_tile<4>};
 
-// W is bfloat16 (used in place) or int8 (a block of 4 rows turned into bfloat16 per step, then scaled).
+// W is bfloat16 (used in place) or int8 (a block of kDotW rows turned into bfloat16 per step, then scaled).
 template <class W>
 void linear_bf16_dot(const float* x, const typename W::T* w, const float* scale, float* y, int64_t rows, int64_t n,
                      int64_t k) {
