@@ -62,8 +62,11 @@ def _round_bf16(w):
     return (((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16).astype(np.uint32).view(np.float32)
 
 
-@pytest.mark.parametrize("rows", [1, 2, 4, 5, 6, 7, 16, 37])  # tiles of 4 rows: whole ones, rests, prefetching
-def test_bfloat16_linear_kernel_against_numpy(rows, monkeypatch):
+# Tiles of 4 rows: whole ones, rests, prefetching. K = 344 is not a multiple of 16 or 32 (tails); K = 320 is,
+# and from 32 rows x and each weight block are interleaved (130: a last tile of 2 rows).
+@pytest.mark.parametrize("rows,k", [(1, 344), (2, 344), (4, 344), (5, 344), (6, 344), (7, 344), (16, 344), (37, 344),
+                                    (37, 320), (130, 320)])
+def test_bfloat16_linear_kernel_against_numpy(rows, k, monkeypatch):
     """With float32 activations (MFCORE_FLOAT32_ACTIVATIONS=1) any rows equal float64 math on the stored weights;
     by default x is rounded to bfloat16 first where the CPU has vdpbf16ps, at every row count (a sequence's
     numbers do not depend on its batch), as llama.cpp and transformers do: then it equals float64 math on the
@@ -73,8 +76,8 @@ def test_bfloat16_linear_kernel_against_numpy(rows, monkeypatch):
     if kernels is None:
         pytest.skip(f"mfcore's CPU kernels are off here: {status()}")
     rng = np.random.default_rng(rows)
-    x = rng.standard_normal((rows, 344)).astype(np.float32)  # 344: not a multiple of 16 or 32 (tails)
-    w = _round_bf16(rng.standard_normal((41, 344)))
+    x = rng.standard_normal((rows, k)).astype(np.float32)
+    w = _round_bf16(rng.standard_normal((41, k)))  # 41: a last weight block of 5 rows
     bits = (w.view(np.uint32) >> 16).astype(np.uint16)
     weight = Tensor.from_numpy(bits.view(np.int16)).view(mindspore.bfloat16)
     exact = x.astype(np.float64) @ w.T.astype(np.float64)
