@@ -255,19 +255,25 @@ constexpr int kDotX = 4;  // ... by up to 4 rows of x: 24 accumulators + 6 + 1 r
 // against kDotW weight rows over the whole of k, summed into y. X = the number of x rows this instance
 // holds; the caller picks the instance with X == count, so no row is computed twice. Weight rows
 // next[first, last) are prefetched into L2 on the way, a cache line per row per step (see linear_bf16_dot).
-// kInterleaved: the tile's x rows and the block's weight rows are interleaved 32 values at a time (row r's
-// i-th 32 at xr[0] + (i / 32 * X + r) * 32, see linear_bf16_dot), so each step reads two runs of
-// consecutive cache lines; otherwise row r is xr[r][0, k).
-template <int X, bool kInterleaved>
+// Layouts (see linear_bf16_dot): kRows, x and weight rows as they are (row r is xr[r][0, k)); kInterleaved,
+// the tile's x rows and the block's weight rows interleaved 32 values at a time (row r's i-th 32 at
+// xr[0] + (i / 32 * X + r) * 32), so each step reads two runs of consecutive cache lines; kCopying, x
+// interleaved and the weight rows as they are, written interleaved into `copy` on the way (a block's first
+// tile: the later ones read the copy).
+enum Layout { kRows, kCopying, kInterleaved };
+template <int X, Layout kLayout>
 void dot_tile(const uint16_t* const xr[], const uint16_t* const wr[kDotW], int64_t k, int64_t full, __mmask32 tail,
-              float out[kDotX][kDotW], const uint16_t* const next[kDotW], int first, int last) {
-  constexpr int64_t kXStep = kInterleaved ? X : 1, kWStep = kInterleaved ? kDotW : 1;  // rows taking turns
+              float out[kDotX][kDotW], const uint16_t* const next[kDotW], int first, int last, uint16_t* copy) {
+  // in 32s per step: the rows taking turns
+  constexpr int64_t kXStep = kLayout == kRows ? 1 : X, kWStep = kLayout == kInterleaved ? kDotW : 1;
   __m512 acc[X][kDotW];
   for (auto& row : acc)
     for (auto& a : row) a = _mm512_setzero_ps();
   for (int64_t i = 0; i < full; i += 32) {  // kDotW + X loads feed kDotW * X dot products
     __m512bh wv[kDotW];
     for (int c = 0; c < kDotW; ++c) wv[c] = load32(wr[c] + i * kWStep);
+    if (kLayout == kCopying)
+      for (int c = 0; c < kDotW; ++c) _mm512_storeu_si512(copy + i * kDotW + c * 32, (__m512i)wv[c]);
     for (int c = first; c < last; ++c) _mm_prefetch(reinterpret_cast<const char*>(next[c] + i), _MM_HINT_T1);
     for (int r = 0; r < X; ++r) {
       const __m512bh xv = load32(xr[r] + i * kXStep);
@@ -282,10 +288,11 @@ void dot_tile(const uint16_t* const xr[], const uint16_t* const wr[kDotW], int64
 }
 
 using DotTile = void (*)(const uint16_t* const[], const uint16_t* const[kDotW], int64_t, int64_t, __mmask32,
-                         float[kDotX][kDotW], const uint16_t* const[kDotW], int, int);
-constexpr DotTile kDotTiles[2][kDotX + 1] = {
-    {nullptr, dot_tile<1, false>, dot_tile<2, false>, dot_tile<3, false>, dot_tile<4, false>},
-    {nullptr, dot_tile<1, true>, dot_tile<2, true>, dot_tile<3, true>, dot_tile<4, true>}};
+                         float[kDotX][kDotW], const uint16_t* const[kDotW], int, int, uint16_t*);
+template <Layout kLayout>
+constexpr DotTile kTiles[kDotX + 1] = {nullptr, dot_tile<1, kLayout>, dot_tile<2, kLayout>, dot_tile<3, kLayout>,
+                                       dot_tile<4, kLayout>};
+constexpr const DotTile* kDotTiles[3] = {kTiles<kRows>, kTiles<kCopying>, kTiles<kInterleaved>};
 
 // From this many rows of x (a prompt chunk, not a decode batch) the x tiles and each weight block are laid
 // out interleaved (see dot_tile). Rows k values apart sit 4 KB apart at k = 2048 (16 KB at 8192), so a
@@ -341,11 +348,6 @@ void linear_bf16_dot(const float* x, const typename W::T* w, const float* scale,
         wr[c] = kInt8 ? block.data() + row * k : reinterpret_cast<const uint16_t*>(w) + (j0 + row) * k;
         next[c] = reinterpret_cast<const uint16_t*>(w) + next_row * k;
       }
-      if (interleaved) {  // the block's rows take turns, 32 values each
-        for (int64_t i = 0; i < k; i += 32)
-          for (int c = 0; c < kDotW; ++c) _mm512_storeu_si512(block.data() + i * kDotW + c * 32, _mm512_loadu_si512(wr[c] + i));
-        for (int c = 0; c < kDotW; ++c) wr[c] = block.data() + c * 32;  // the tiles read the copy
-      }
       // This thread's next block is prefetched into L2 while this one computes, its rows shared out between
       // the tiles after the first (which reads this block from memory), or all taken by a lone tile (1-4
       // rows). With several tiles memory sat idle while the later ones computed: 1.1-1.3x a layer at 10-24
@@ -357,11 +359,18 @@ void linear_bf16_dot(const float* x, const typename W::T* w, const float* scale,
       for (int64_t r0 = 0, t = 0; r0 < rows; r0 += kDotX, ++t) {
         const int64_t count = rows - r0 < kDotX ? rows - r0 : kDotX;
         const uint16_t* xr[kDotX];
-        for (int64_t r = 0; r < count; ++r) xr[r] = interleaved ? xb.data() + r0 * k + r * 32 : xb.data() + (r0 + r) * k;
+        for (int64_t r = 0; r < count; ++r)
+          xr[r] = interleaved ? xb.data() + r0 * k + r * 32 : xb.data() + (r0 + r) * k;
         float out[kDotX][kDotW];
         const int64_t share = tiles > 1 ? t - 1 : t;  // -1: the first of several tiles prefetches nothing
         const int first = share < 0 ? kDotW : std::min<int>(kDotW, share * per_tile);
-        kDotTiles[interleaved][count](xr, wr, k, full, tail, out, next, first, std::min<int>(kDotW, first + per_tile));
+        // Interleaved: the first tile copies the block as it reads it (1.02-1.06x a prefill against copying it
+        // in a loop of its own first), the others read the copy.
+        const Layout layout = !interleaved ? kRows : t > 0 ? kInterleaved : kCopying;
+        kDotTiles[layout][count](xr, wr, k, full, tail, out, next, first, std::min<int>(kDotW, first + per_tile),
+                                 block.data());
+        if (layout == kCopying)
+          for (int c = 0; c < kDotW; ++c) wr[c] = block.data() + c * 32;  // the later tiles read the copy
         for (int64_t r = 0; r < count; ++r)
           for (int64_t c = 0; c < cols; ++c) y[(r0 + r) * n + j0 + c] = scale ? out[r][c] * scale[j0 + c] : out[r][c];
       }
