@@ -18,6 +18,7 @@ transformers = pytest.importorskip("transformers")
 import mfcore  # noqa: E402
 from mfcore.kernels import decode_kernels, status as kernels_status  # noqa: E402
 from mfcore.serving.app import attach  # noqa: E402
+from mfcore.serving.engine import Engine  # noqa: E402
 from serve_helpers import running_server  # noqa: E402
 
 MAX_BATCH = 4  # decode row buckets 1, 2, 4: each compiles at start
@@ -117,6 +118,25 @@ def test_packed_prefill_gives_each_prompt_the_logits_of_transformers(served):
         with torch.no_grad():
             want = hf(torch.tensor([ids])).logits[0, -1].numpy()
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_packed_prefill_without_hidden_at_runs_the_head_in_every_chunk(served, monkeypatch):
+    """A model without forward_with_cache(hidden_at=) gets its prompts' logits from each chunk (logits_at):
+    the same logits as the head run once per pack on the last hidden states."""
+    _, engine, _, tokenizer = served
+    if not engine.packing:
+        pytest.skip(f"packed prefill needs mfcore's CPU kernels ({kernels_status()})")
+    assert engine.head_once
+    monkeypatch.setattr(type(engine.model), "supports_hidden_at", False)
+    every_chunk = Engine(engine.model, tokenizer, max_batch=MAX_BATCH, max_model_len=MAX_MODEL_LEN,
+                         prefill_chunk_size=CHUNK, warmup=False)
+    every_chunk.stop()
+    assert not every_chunk.head_once
+    prompts = [tokenizer.encode(p) for p in (PROMPTS[0], PROMPTS[5], PROMPTS[7])]
+    with engine.lock:
+        once = engine._prefill_packed(prompts, insert_into=[])
+    for got, want in zip(every_chunk._prefill_packed(prompts, insert_into=[]), once):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_echo_logprobs_are_the_prompt_log_probabilities_of_transformers(served, client):

@@ -655,9 +655,10 @@ class LlamaForCausalLM(PreTrainedModel):
         return [(shape, self.kv_dtype)] * (2 * self.num_layers)
 
     supports_logits_at = True
+    supports_hidden_at = True
 
     def forward_with_cache(self, input_ids, position_ids, attention_bias, cache_slot, *caches, logits_at=None,
-                           in_place=False):
+                           in_place=False, hidden_at=None):
         if in_place and not (self.decodes_leading_rows() if input_ids.shape[1] == 1 else
                              cache_slot.ndim == 1 and self.writes_chunks_in_place()):
             raise ValueError("forward_with_cache(in_place=True) takes one token per row on the decode kernel, or a "
@@ -685,7 +686,9 @@ class LlamaForCausalLM(PreTrainedModel):
             hidden, k_cache, v_cache = layer.forward_with_cache(hidden, rope, bias, cache_slot, caches[2 * i],
                                                                 caches[2 * i + 1], prefixes[i], in_place)
             new_caches = new_caches + (k_cache, v_cache)
-        if logits_at is not None:  # chosen positions of a several-token call (packed prompts' last tokens)
+        if hidden_at is not None:  # their final hidden states: logits() later, for several chunks at once
+            logits = ops.gather(hidden, hidden_at, 1)
+        elif logits_at is not None:  # chosen positions of a several-token call (packed prompts' last tokens)
             logits = self.logits(ops.gather(hidden, logits_at, 1))
         else:
             logits = self.logits(hidden if length == 1 else hidden[:, -1])

@@ -304,15 +304,24 @@ class PreTrainedModel(nn.Cell):
         raise NotImplementedError(f"{type(self).__name__} does not implement the KV-cache protocol")
 
     def forward_with_cache(self, input_ids, position_ids, attention_bias, cache_slot, *caches, logits_at=None,
-                           in_place=False):
+                           in_place=False, hidden_at=None):
         """Run the tokens not yet cached; return (logits of the last position (B, V) float32, *new caches).
         With logits_at (K,) int32 (models with supports_logits_at), the logits of those positions of a
         several-token call instead, (B, K, V): the last token of each prompt packed into one row. With
+        hidden_at (K,) int32 (models with supports_hidden_at), the final hidden states of those positions in
+        place of logits, (B, K, H), which `logits(hidden (R, H))` turns into logits (R, V) later: a server's
+        packed prefill runs the output head once for all its prompts, not on K positions of every chunk. With
         in_place=True (one token per row on models that decode_leading_rows, or a prompt chunk on models that
         write_chunks_in_place), the caches given are written themselves and only (logits,) comes back."""
         raise NotImplementedError(f"{type(self).__name__} does not implement the KV-cache protocol")
 
     supports_logits_at = False
+    supports_hidden_at = False
+
+    def logits(self, hidden):
+        """Final norm and output head of hidden states from forward_with_cache(hidden_at=): (R, H) -> (R, V)
+        float32 (models with supports_hidden_at)."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement hidden_at")
 
     def decodes_leading_rows(self) -> bool:
         """Whether a one-token-per-row call may hold fewer rows than the caches: the first rows decode and the

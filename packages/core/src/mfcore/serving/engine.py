@@ -222,9 +222,19 @@ class Engine:
             raise ValueError("an in-place packed prefill needs mfcore's cache kernels and float32 caches")
         self.pack_in_place = in_place
 
-        def pack_step(input_ids, position_ids, attention_bias, cache_slot, logits_at, *caches):
-            return model.forward_with_cache(input_ids, position_ids, attention_bias, cache_slot, *caches,
-                                            logits_at=logits_at, in_place=in_place)
+        # Where the model can, the chunks return their prompts' last hidden states and the output head runs
+        # once per pack (`head`), not on `wanted` positions of every chunk (16 rows of each 128-token chunk:
+        # ~4% of a 16-prompt prefill at 1.5B).
+        self.head_once = bool(getattr(model, "supports_hidden_at", False))
+        at = "hidden_at" if self.head_once else "logits_at"
+
+        def pack_step(input_ids, position_ids, attention_bias, cache_slot, positions, *caches):
+            out = model.forward_with_cache(input_ids, position_ids, attention_bias, cache_slot, *caches,
+                                           in_place=in_place, **{at: positions})
+            return (out[0].astype(mindspore.float32),) + out[1:]  # hidden states leave the graph in float32
+
+        def head(hidden):
+            return model.logits(hidden)
 
         def insert_packed(columns, rows, *caches):
             """Slots where `rows` (B,) is True <- columns of the packed row: column j of slot b takes packed
@@ -240,7 +250,7 @@ class Engine:
                 new.append(mint.where(rows.reshape(-1, 1, 1, 1), taken, big))
             return tuple(new)
 
-        self._pack_step, self._insert_packed = self._jit(pack_step), self._jit(insert_packed)
+        self._pack_step, self._insert_packed, self._head = self._jit(pack_step), self._jit(insert_packed), self._jit(head)
 
     def _pack_in_place_works(self) -> bool:
         """Whether the packed prefill's in-place writes reach the packed caches and the slot caches (as
@@ -312,13 +322,20 @@ class Engine:
 
     def warm_up(self) -> None:
         """Compile every row bucket's decode graph now (a step that writes no slot), and with packing the
-        prompt graph of every chunk width and the insert graph (a pack of one token, inserted nowhere), so
-        that serving never compiles one while clients wait."""
+        prompt graph of every chunk width, the insert graph (a pack of one token, inserted nowhere) and the
+        output head of every row bucket, so that serving never compiles one while clients wait."""
+        from mindspore import Tensor
+
         if self.packing:
             width = 16
             while width <= self.chunk:
                 self._prefill_packed([[self.pad_id] * (width // 2 + 1)] * 1, insert_into=[])
                 width *= 2
+            if self.head_once:
+                for rows in self.row_buckets:
+                    hidden = np.zeros((rows, int(self.model.config.hidden_size)), np.float32)
+                    self._note_shape("head", hidden)
+                    self._head(Tensor(hidden))
 
         for rows in self.row_buckets:
             bias = np.zeros((rows, 1, 1, self.cache_length), dtype=np.float32)
@@ -498,9 +515,11 @@ class Engine:
 
         lengths = [len(p) for p in prompts]
         total, columns = sum(lengths), self.pack_length
-        # Every chunk call has one shape: a pack longer than a chunk is padded to whole chunks, not to a bucket.
-        width = bucket_length(total) if total <= self.chunk else -(-total // self.chunk) * self.chunk
-        chunk = min(width, self.chunk)
+        # Whole chunks, then the rest in the smallest chunk width (a power of two) that holds it: every width
+        # up to a chunk is compiled at start.
+        rest = total % self.chunk
+        widths = [self.chunk] * (total // self.chunk) + ([max(16, 1 << (rest - 1).bit_length())] if rest else [])
+        width = sum(widths)
         # The prompts are tails of an empty shared part: token t sees the columns j <= t of its own prompt.
         layout = PackedRows(1, width, columns)
         layout.place(0, (), list(range(len(prompts))), prompts)
@@ -509,8 +528,8 @@ class Engine:
         starts = np.asarray([at for _, at in layout.spans[0]])
         lasts = starts + np.asarray(lengths) - 1
         logits_per_prompt: List[Optional[np.ndarray]] = [None] * len(prompts)
-        wanted = min(self.max_batch, chunk)  # one chunk holds at most this many prompts' last tokens
-        for start in range(0, width, chunk):
+        for start, chunk in zip(np.cumsum([0] + widths[:-1]), widths):
+            wanted = min(self.max_batch, chunk)  # one chunk holds at most this many prompts' last tokens
             cache_slot = np.full(columns, chunk, dtype=np.int32)
             cache_slot[start:start + chunk] = np.arange(chunk)
             here = [i for i, last in enumerate(lasts) if start <= last < start + chunk]
@@ -525,7 +544,13 @@ class Engine:
             if here:
                 logits = logits.asnumpy()[0]
                 for k, i in enumerate(here):
-                    logits_per_prompt[i] = logits[k].astype(np.float32)
+                    logits_per_prompt[i] = logits[k]
+        if self.head_once and prompts:  # hidden states so far: the head once, over a row bucket
+            hidden = np.zeros((self._rows_for(len(prompts) - 1), logits_per_prompt[0].shape[-1]), np.float32)
+            hidden[:len(prompts)] = np.stack(logits_per_prompt)
+            self._note_shape("head", hidden)
+            logits = self._head(Tensor(hidden)).asnumpy()
+            logits_per_prompt = [logits[i] for i in range(len(prompts))]
         rows = np.zeros(self.max_batch, dtype=bool)
         taken = np.zeros((self.max_batch, self.cache_length), dtype=np.int32)
         for slot, start, n in zip(insert_into, starts, lengths):
