@@ -4,7 +4,9 @@ Slots are the rows of one static KV cache (max_batch rows, cache_length columns)
 between two decode steps, as many as there are free slots (up to `pack_length` prompt tokens at once):
 their prompts are packed end to end into ONE row and prefilled together, in chunks, through the batch-1
 prompt graph (`_pack`: each token sees only the earlier tokens of its own prompt, rotary positions
-counted per prompt, the logits read at each prompt's last token). The matmuls see every waiting token at
+counted per prompt; each prompt's last-token hidden state kept, `forward_with_cache(hidden_at=)`, and the
+output head run once over all of them, or the logits read in each chunk, `logits_at`, for a model without
+`hidden_at`). The matmuls see every waiting token at
 once, so sixteen prompts cost one pass over the weights per chunk, not sixteen (an idle engine first waits
 a moment for the requests sent with the first one, `_gather_arrivals`). A small compiled graph
 (`_insert`) then copies each prompt's keys and values from the packed row into its slot's row, real
@@ -14,8 +16,8 @@ each row has its own position, write column (cache_slot (B, 1, T, 1)) and visibl
 bucket (the first 1, 2, 4, ... max_batch slots: slots are taken lowest first, so one request runs a
 1-row step, not a max_batch one). A request leaves when it stops, is cancelled or its client goes away,
 and its slot is free for the next one. Nothing recompiles while serving: `warm_up` compiles the insert
-graph, the decode graph of every row bucket and the prompt graph of every chunk width at start
-(`compiled_shapes` counts them). A model without packing support (no cache kernel, a prefix, no
+graph, the decode graph of every row bucket, the prompt graph of every chunk width and the head of every
+row bucket at start (`compiled_shapes` counts them). A model without packing support (no cache kernel, a prefix, no
 `logits_at`) prefills one prompt at a time through a batch-1 prompt graph per length bucket instead.
 
 The next token is chosen on the host from each row's logits with the request's own settings and its
