@@ -12,8 +12,8 @@ After /health says ready, one warm-up request (mfcore compiles its prompt and de
 for each concurrency level C: C client threads share `--requests` streamed /v1/completions requests
 (at least one each; each thread opens its HTTP client before the level starts and keeps it, as a real
 client does: creating one takes 20-40 ms of CPU, mostly under the GIL, so 16 threads each creating one
-per request spread the "burst" over ~0.3 s), greedy, `max_tokens` with `ignore_eos` (both servers honour it), so every request
-yields exactly max_tokens tokens (checked once per server from `usage`). Each prompt is unique (a
+per request spread the "burst" over ~0.3 s), greedy, `max_tokens` with `ignore_eos` (both servers honour
+it), so every request yields exactly max_tokens tokens (checked once per server from `usage`). Each prompt is unique (a
 request number in front), so no server reuses another request's cache. Figures per level: output
 tokens/s over the level's wall time, and p50 / p99 time to first token (the first chunk with text).
 """

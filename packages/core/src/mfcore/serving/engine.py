@@ -17,8 +17,9 @@ bucket (the first 1, 2, 4, ... max_batch slots: slots are taken lowest first, so
 1-row step, not a max_batch one). A request leaves when it stops, is cancelled or its client goes away,
 and its slot is free for the next one. Nothing recompiles while serving: `warm_up` compiles the insert
 graph, the decode graph of every row bucket, the prompt graph of every chunk width and the head of every
-row bucket at start (`compiled_shapes` counts them). A model without packing support (no cache kernel, a prefix, no
-`logits_at`) prefills one prompt at a time through a batch-1 prompt graph per length bucket instead.
+row bucket at start (`compiled_shapes` counts them). A model without packing support (no cache kernel, a
+prefix, no `logits_at`) prefills one prompt at a time through a batch-1 prompt graph per length bucket
+instead.
 
 The next token is chosen on the host from each row's logits with the request's own settings and its
 own seeded generator (mfcore.generation.sampling, the functions `generate` uses), so a seeded request
@@ -252,7 +253,8 @@ class Engine:
                 new.append(mint.where(rows.reshape(-1, 1, 1, 1), taken, big))
             return tuple(new)
 
-        self._pack_step, self._insert_packed, self._head = self._jit(pack_step), self._jit(insert_packed), self._jit(head)
+        self._pack_step, self._insert_packed = self._jit(pack_step), self._jit(insert_packed)
+        self._head = self._jit(head)
 
     def _pack_in_place_works(self) -> bool:
         """Whether the packed prefill's in-place writes reach the packed caches and the slot caches (as
@@ -531,7 +533,7 @@ class Engine:
         ids, positions, seen = layout.ids[0], layout.positions[0], layout.visibility()[0]
         starts = np.asarray([at for _, at in layout.spans[0]])
         lasts = starts + np.asarray(lengths) - 1
-        logits_per_prompt: List[Optional[np.ndarray]] = [None] * len(prompts)
+        last: List[Optional[np.ndarray]] = [None] * len(prompts)  # each prompt's logits (hidden state: head_once)
         for start, chunk in zip(np.cumsum([0] + widths[:-1]), widths):
             wanted = min(self.max_batch, chunk)  # one chunk holds at most this many prompts' last tokens
             cache_slot = np.full(columns, chunk, dtype=np.int32)
@@ -548,13 +550,13 @@ class Engine:
             if here:
                 logits = logits.asnumpy()[0]
                 for k, i in enumerate(here):
-                    logits_per_prompt[i] = logits[k]
-        if self.head_once and prompts:  # hidden states so far: the head once, over a row bucket
-            hidden = np.zeros((self._rows_for(len(prompts) - 1), logits_per_prompt[0].shape[-1]), np.float32)
-            hidden[:len(prompts)] = np.stack(logits_per_prompt)
+                    last[i] = logits[k]
+        if self.head_once and prompts:  # the head once, over a row bucket of the prompts' hidden states
+            hidden = np.zeros((self._rows_for(len(prompts) - 1), last[0].shape[-1]), np.float32)
+            hidden[:len(prompts)] = np.stack(last)
             self._note_shape("head", hidden)
             logits = self._head(Tensor(hidden)).asnumpy()
-            logits_per_prompt = [logits[i] for i in range(len(prompts))]
+            last = [logits[i] for i in range(len(prompts))]
         rows = np.zeros(self.max_batch, dtype=bool)
         taken = np.zeros((self.max_batch, self.cache_length), dtype=np.int32)
         for slot, start, n in zip(insert_into, starts, lengths):
@@ -564,7 +566,7 @@ class Engine:
         written = self._insert_packed(Tensor(taken), Tensor(rows), *self._packed_caches, *self._caches)
         if not self.pack_in_place:
             self._caches = list(written)
-        return logits_per_prompt
+        return last
 
     def _occupy(self, sequence: Sequence_, slot: int) -> None:
         """The sequence's prompt is in `slot`, columns 0..n-1: it decodes from column n."""
