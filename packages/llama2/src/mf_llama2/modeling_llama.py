@@ -687,11 +687,11 @@ class LlamaForCausalLM(PreTrainedModel):
                                                                 caches[2 * i + 1], prefixes[i], in_place)
             new_caches = new_caches + (k_cache, v_cache)
         if hidden_at is not None:  # their final hidden states: logits() later, for several chunks at once
-            logits = ops.gather(hidden, hidden_at, 1)
+            out = ops.gather(hidden, hidden_at, 1)
         elif logits_at is not None:  # chosen positions of a several-token call (packed prompts' last tokens)
-            logits = self.logits(ops.gather(hidden, logits_at, 1))
+            out = self.logits(ops.gather(hidden, logits_at, 1))
         else:
-            logits = self.logits(hidden if length == 1 else hidden[:, -1])
-        if in_place:  # the caches given were written: the logits alone
-            return (logits,)
-        return (logits,) + new_caches
+            out = self.logits(hidden if length == 1 else hidden[:, -1])
+        if in_place:  # the caches given were written: the logits (or hidden states) alone
+            return (out,)
+        return (out,) + new_caches

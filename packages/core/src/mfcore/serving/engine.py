@@ -533,7 +533,7 @@ class Engine:
         ids, positions, seen = layout.ids[0], layout.positions[0], layout.visibility()[0]
         starts = np.asarray([at for _, at in layout.spans[0]])
         lasts = starts + np.asarray(lengths) - 1
-        last: List[Optional[np.ndarray]] = [None] * len(prompts)  # each prompt's logits (hidden state: head_once)
+        outputs: List[Optional[np.ndarray]] = [None] * len(prompts)  # each prompt's logits (head_once: hidden state)
         for start, chunk in zip(np.cumsum([0] + widths[:-1]), widths):
             wanted = min(self.max_batch, chunk)  # one chunk holds at most this many prompts' last tokens
             cache_slot = np.full(columns, chunk, dtype=np.int32)
@@ -550,13 +550,13 @@ class Engine:
             if here:
                 logits = logits.asnumpy()[0]
                 for k, i in enumerate(here):
-                    last[i] = logits[k]
+                    outputs[i] = logits[k]
         if self.head_once and prompts:  # the head once, over a row bucket of the prompts' hidden states
-            hidden = np.zeros((self._rows_for(len(prompts) - 1), last[0].shape[-1]), np.float32)
-            hidden[:len(prompts)] = np.stack(last)
+            hidden = np.zeros((self._rows_for(len(prompts) - 1), outputs[0].shape[-1]), np.float32)
+            hidden[:len(prompts)] = np.stack(outputs)
             self._note_shape("head", hidden)
             logits = self._head(Tensor(hidden)).asnumpy()
-            last = [logits[i] for i in range(len(prompts))]
+            outputs = [logits[i] for i in range(len(prompts))]
         rows = np.zeros(self.max_batch, dtype=bool)
         taken = np.zeros((self.max_batch, self.cache_length), dtype=np.int32)
         for slot, start, n in zip(insert_into, starts, lengths):
@@ -566,7 +566,7 @@ class Engine:
         written = self._insert_packed(Tensor(taken), Tensor(rows), *self._packed_caches, *self._caches)
         if not self.pack_in_place:
             self._caches = list(written)
-        return last
+        return outputs
 
     def _occupy(self, sequence: Sequence_, slot: int) -> None:
         """The sequence's prompt is in `slot`, columns 0..n-1: it decodes from column n."""
