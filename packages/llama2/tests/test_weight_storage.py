@@ -90,6 +90,35 @@ def test_bfloat16_linear_kernel_against_numpy(rows, k, monkeypatch):
                                atol=2e-5, rtol=1e-5)
 
 
+def _bf16_weight(w):
+    bits = (np.ascontiguousarray(w, dtype=np.float32).view(np.uint32) >> 16).astype(np.uint16)
+    return Tensor.from_numpy(bits.view(np.int16)).view(mindspore.bfloat16)
+
+
+@pytest.mark.parametrize("float32_activations", [False, True])
+@pytest.mark.parametrize("rows,k", [(1, 344), (5, 344), (16, 320), (37, 344), (130, 320)])
+def test_bfloat16_projection_kernels_equal_the_linear_kernel(rows, k, float32_activations, monkeypatch):
+    """linear_qkv_bf16 gives each of q, k, v exactly as linear_bf16 would (same tiles, same sums), and
+    swiglu_bf16 gives silu(gate) * up of linear_bf16's gate and up, at decode and prompt row counts, on both
+    the vdpbf16ps path and the float32 one. 41 / 13 / 7 / 43 output rows: blocks that end part-way."""
+    ensure_runtime()
+    kernels = decode_kernels()
+    if kernels is None:
+        pytest.skip(f"mfcore's CPU kernels are off here: {status()}")
+    if float32_activations:
+        monkeypatch.setenv("MFCORE_FLOAT32_ACTIVATIONS", "1")
+    rng = np.random.default_rng(rows)
+    x = Tensor(rng.standard_normal((rows, k)).astype(np.float32))
+    weights = [_bf16_weight(rng.standard_normal((n, k))) for n in (41, 13, 7)]
+    for fused, weight in zip(kernels.linear_qkv_bf16(x, *weights), weights):
+        np.testing.assert_array_equal(fused.asnumpy(), kernels.linear_bf16(x, weight).asnumpy())
+    w1, w3 = _bf16_weight(rng.standard_normal((43, k))), _bf16_weight(rng.standard_normal((43, k)))
+    gate = kernels.linear_bf16(x, w1).asnumpy().astype(np.float64)
+    up = kernels.linear_bf16(x, w3).asnumpy().astype(np.float64)
+    np.testing.assert_allclose(kernels.swiglu_bf16(x, w1, w3).asnumpy(), gate / (1 + np.exp(-gate)) * up,
+                               rtol=2e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("rows", [1, 3, 5, 37])
 def test_int8_linear_kernel_against_numpy(rows, monkeypatch):
     """x . Wq^T * scale: float32 activations equal float64 math; by default prompts round x to bfloat16
@@ -125,6 +154,8 @@ def test_bfloat16_weights_stay_bfloat16_and_compute_through_the_kernels(saved, m
     assert all(p.dtype == mindspore.bfloat16 for p in model.get_parameters())
     assert all(layer.storage_op is not None for layer in _linears(model))
     assert model.model.tok_embeddings.gather_bf16 is not None
+    layer = model.model.layers[0]  # generation computes q, k, v and the MLP's gate and up in one kernel each
+    assert layer.attention.qkv_bf16 is not None and layer.feed_forward.swiglu_bf16 is not None
 
     round_bf16 = _round_bf16
     reference = _reference(saved, round_bf16)

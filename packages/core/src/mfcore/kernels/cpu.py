@@ -18,7 +18,8 @@ for a prompt or prompt chunk (`cache_attention`: ~10 cache-sized buffers per lay
 
 csrc/weight_kernels.cc serves models whose weights stay in their storage dtype (any row count: decode
 streams each weight once, prompts run register tiles): `linear_bf16`, `linear_f16`, `linear_int8` (per
-output channel scales) and `embed_bf16`. Without them MindSpore's CPU backend would upcast every 16-bit
+output channel scales) and `embed_bf16`; and for generation `linear_qkv_bf16` (q, k and v in one call) and
+`swiglu_bf16` (the MLP's gate and up projections with the activation in the same pass). Without them MindSpore's CPU backend would upcast every 16-bit
 weight to float32 on each call (it has no bfloat16 matmul), which at 8B does not fit in memory. Decode
 rows keep float32 activations; prompts on CPUs with AVX512_BF16 round them to bfloat16 for vdpbf16ps
 (bfloat16 and int8 weights, as llama.cpp and transformers' bfloat16 do), unless
@@ -71,6 +72,9 @@ class DecodeKernels(NamedTuple):
     linear_f16: object   # (x (rows, K) f32, W (N, K) float16) -> (rows, N) f32
     linear_int8: object  # (x (rows, K) f32, Wq (N, K) int8, scale (N,) f32) -> (rows, N) f32
     embed_bf16: object   # (ids (...) int32/int64, table (V, H) bfloat16) -> (..., H) f32
+    # Several bfloat16 projections of one x in one call (one parallel region, x rounded once):
+    linear_qkv_bf16: object  # (x (rows, K) f32, Wq (Nq, K), Wk (Nk, K), Wv (Nv, K)) -> (q, k, v) f32
+    swiglu_bf16: object      # (x (rows, K) f32, W1 (N, K), W3 (N, K)) -> silu(x W1^T) * (x W3^T) (rows, N) f32
     # Prompt attention skipping masked columns (csrc/attention_kernels.cc), float32:
     attention: object    # (q (B, G, R, S, D) scaled, k, v (B, G, T, D), bias (B|1, 1, 1, S, T)) -> like q
     # One decode step's attention with the cache write: (q (B, G, R, D) scaled, k, v (B, G, D), k_cache,
@@ -135,6 +139,11 @@ def _build():
                             linear_f16=custom("MfcoreLinearF16", projection),
                             linear_int8=custom("MfcoreLinearInt8", projection),
                             embed_bf16=custom("MfcoreEmbedBf16", lambda ids, table: ids + [table[1]], float32),
+                            linear_qkv_bf16=custom("MfcoreLinearQkvBf16",
+                                                   lambda x, wq, wk, wv: (x[:-1] + [wq[0]], x[:-1] + [wk[0]],
+                                                                          x[:-1] + [wv[0]]),
+                                                   lambda x, wq, wk, wv: (mindspore.float32,) * 3),
+                            swiglu_bf16=custom("MfcoreSwigluBf16", lambda x, w1, w3: x[:-1] + [w1[0]], float32),
                             attention=custom("MfcoreAttention", lambda q, k, v, bias: q),
                             decode_attention=custom("MfcoreDecodeAttention",
                                                     lambda q, k, v, kc, vc, bias, slot: (q, kc, vc),

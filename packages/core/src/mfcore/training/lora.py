@@ -99,8 +99,9 @@ class LoRALinear(nn.Cell):
         # The original cell, restored by merge_lora; kept outside MindSpore's cell tracking.
         object.__setattr__(self, "base_cell", base)
         # Never fused: a model's fused decode kernels (mfcore.kernels.cpu) read a layer's `weight` directly,
-        # which here would drop the adapter; models check `gemv` before fusing a layer.
+        # which here would drop the adapter; models check `gemv` and `bf16_fusable` before fusing a layer.
         self.gemv = None
+        self.bf16_fusable = False
 
     def construct(self, x):
         dtype = x.dtype

@@ -14,13 +14,17 @@
 // the library is compiled for the machine it runs on (-march=native): AVX-512, AVX2 + F16C + FMA, or
 // plain C++ where neither exists.
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <initializer_list>
 #include <vector>
 #if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__) && defined(__F16C__))
 #include <immintrin.h>
 #endif
+
+#include "vector_exp.h"
 
 namespace {
 
@@ -217,6 +221,13 @@ void linear_tiled(const float* x, const typename W::T* w, const float* scale, fl
   }
 }
 
+// One projection of x among those a call computes (see BlockPlan).
+struct Projection {
+  const void* w;  // (n, k) bfloat16, or int8 (alone, scaled)
+  int64_t n;
+  float* y;       // (rows, n)
+};
+
 #if defined(__AVX512BF16__)
 // bfloat16 or int8 weights, many rows, on CPUs with AVX512_BF16: the rows of x are rounded to bfloat16
 // once and each vdpbf16ps multiplies 32 pairs straight from the stored bfloat16 weights (int8 ones are
@@ -301,25 +312,88 @@ constexpr const DotTile* kDotTiles[3] = {kTiles<kRows>, kTiles<kCopying>, kTiles
 // vdpbf16ps peak at k = 2048 (84% -> 89% at 8192), a packed prefill of 16 prompts 1.11-1.15x. The copy of
 // each weight block pays off only with many tiles: at 8 and 16 rows (decode) it lost 0.93-0.97x.
 constexpr int64_t kInterleaveRows = 32;
+// Up to this many rows each thread rounds x to bfloat16 itself (see linear_bf16_dot).
+constexpr int64_t kOwnCopyRows = 8;
+
+// The projections one call computes from the same x, as blocks of kDotW weight rows: one projection
+// (linear_bf16), several side by side (q, k and v: one parallel region and one rounding of x instead of
+// three, and the narrow k and v no longer end on a half-idle core), or the MLP's gate and up projections
+// paired, kDotW / 2 rows of each per block, written as silu(gate) * up (the activation in the tile's
+// epilogue, not a pass of its own over two (rows, FFN) outputs).
+struct BlockPlan {
+  Projection parts[3];
+  int count;
+  bool swiglu;  // parts[0] gate, parts[1] up
+  int64_t first[4];  // the first block of each part
+
+  BlockPlan(std::initializer_list<Projection> list, bool gated) : parts(), count(0), swiglu(gated), first() {
+    for (const Projection& part : list) parts[count++] = part;
+    const int64_t per_block = columns_per_block();
+    for (int p = 0; p < (swiglu ? 1 : count); ++p) first[p + 1] = first[p] + (parts[p].n + per_block - 1) / per_block;
+  }
+  int64_t columns_per_block() const { return swiglu ? kDotW / 2 : kDotW; }
+  int64_t blocks() const { return first[swiglu ? 1 : count]; }
+  int part_of(int64_t b) const {
+    int p = 0;
+    while (!swiglu && b >= first[p + 1]) ++p;
+    return p;
+  }
+  // The kDotW weight rows of block b (a part's last row repeated past its end) and where its sums go.
+  void rows(int64_t b, int64_t k, const uint16_t* wr[kDotW], int* part, int64_t* j0, int64_t* cols) const {
+    const int p = part_of(b);
+    const int64_t per_block = columns_per_block(), n = parts[p].n;
+    *part = p;
+    *j0 = (b - first[p]) * per_block;
+    *cols = std::min(per_block, n - *j0);
+    for (int c = 0; c < kDotW; ++c) {
+      const int64_t column = c % per_block, row = *j0 + (column < *cols ? column : *cols - 1);
+      const Projection& from = parts[swiglu ? c / per_block : p];
+      wr[c] = static_cast<const uint16_t*>(from.w) + row * k;
+    }
+  }
+};
+
+// y[r][c] = silu(gate) * up for a tile's sums (gate column c in out[r][c], up in out[r][kDotW / 2 + c]), with
+// the activation kernel's vector exp (libm's scalar expf would cost ~10% of a prompt chunk's MLP).
+void swiglu_tile(const float out[kDotX][kDotW], int64_t count, int64_t cols, float* y, int64_t n) {
+  constexpr int kHalf = kDotW / 2, kSlots = (kDotX * kHalf + 7) / 8 * 8;
+  alignas(32) float gate[kSlots] = {}, up[kSlots] = {}, result[kSlots];
+  for (int64_t r = 0; r < count; ++r)
+    for (int c = 0; c < kHalf; ++c) {
+      gate[r * kHalf + c] = out[r][c];
+      up[r * kHalf + c] = out[r][kHalf + c];
+    }
+  const __m256 one = _mm256_set1_ps(1.0f);
+  for (int i = 0; i < kSlots; i += 8) {
+    const __m256 g = _mm256_load_ps(gate + i);
+    const __m256 silu = _mm256_div_ps(g, _mm256_add_ps(one, exp8(_mm256_sub_ps(_mm256_setzero_ps(), g))));
+    _mm256_store_ps(result + i, _mm256_mul_ps(silu, _mm256_load_ps(up + i)));
+  }
+  for (int64_t r = 0; r < count; ++r)
+    for (int64_t c = 0; c < cols; ++c) y[r * n + c] = result[r * kHalf + c];
+}
 
 // W is bfloat16 (used in place) or int8 (a block of kDotW rows turned into bfloat16 per step, then scaled).
 template <class W>
-void linear_bf16_dot(const float* x, const typename W::T* w, const float* scale, float* y, int64_t rows, int64_t n,
-                     int64_t k) {
-  std::vector<uint16_t> xb(rows * k);
-  const int64_t blocks = (n + kDotW - 1) / kDotW, full = k / 32 * 32;
+void linear_bf16_dot(const float* x, const BlockPlan& plan, const float* scale, int64_t rows, int64_t k) {
+  const int64_t blocks = plan.blocks(), full = k / 32 * 32;
   const __mmask32 tail = k > full ? static_cast<__mmask32>((1ull << (k - full)) - 1) : 0;
   constexpr bool kInt8 = sizeof(typename W::T) == 1;
   const bool interleaved = !kInt8 && rows >= kInterleaveRows && tail == 0;
+  // A few decode rows: every thread rounds all of x into a buffer of its own, so no thread waits at a barrier
+  // for the other's half (a passive thread wakes tens of microseconds late): 1.02-1.04x a layer at 1-8 rows.
+  const bool own_copy = rows <= kOwnCopyRows;
+  std::vector<uint16_t> shared_xb(own_copy ? 0 : rows * k);
 #pragma omp parallel
   {
-    // x rounded to bfloat16 (to nearest even) by every thread, a row each, not by one thread while the other
-    // waits (~2% of a prompt chunk in a profile, the most for the narrow k and v projections).
-#pragma omp for schedule(static)
-    for (int64_t r = 0; r < rows; ++r) {
+    std::vector<uint16_t> own_xb(own_copy ? rows * k : 0);
+    uint16_t* const xb = own_copy ? own_xb.data() : shared_xb.data();
+    // x rounded to bfloat16 (to nearest even), a row each when shared (one thread rounding it while the other
+    // waited was ~2% of a prompt chunk in a profile, the most for the narrow k and v projections).
+    auto round_row = [&](int64_t r) {
       const float* from = x + r * k;
       const int64_t r0 = r / kDotX * kDotX, in_tile = rows - r0 < kDotX ? rows - r0 : kDotX;
-      uint16_t* to = interleaved ? xb.data() + r0 * k + (r - r0) * 32 : xb.data() + r * k;
+      uint16_t* to = interleaved ? xb + r0 * k + (r - r0) * 32 : xb + r * k;
       const int64_t stride = interleaved ? in_tile : 1;  // in 32s: the tile's rows take turns
       int64_t i = 0;
       for (; i + 32 <= k; i += 32) {
@@ -331,6 +405,12 @@ void linear_bf16_dot(const float* x, const typename W::T* w, const float* scale,
         std::memcpy(&bits, from + i, sizeof bits);
         to[i] = static_cast<uint16_t>((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
       }
+    };
+    if (own_copy) {
+      for (int64_t r = 0; r < rows; ++r) round_row(r);
+    } else {
+#pragma omp for schedule(static)
+      for (int64_t r = 0; r < rows; ++r) round_row(r);
     }
     std::vector<uint16_t> block(kInt8 || interleaved ? kDotW * k : 0);
     // Weight blocks are handed out in runs as threads free up: on a shared 2-core machine a thread that was
@@ -339,15 +419,18 @@ void linear_bf16_dot(const float* x, const typename W::T* w, const float* scale,
     const int64_t tiles = (rows + kDotX - 1) / kDotX;
 #pragma omp for schedule(dynamic, kRun)
     for (int64_t b = 0; b < blocks; ++b) {
-      const int64_t j0 = b * kDotW, cols = n - j0 < kDotW ? n - j0 : kDotW;
       const uint16_t* wr[kDotW];
       const uint16_t* next[kDotW];
-      if (kInt8) int8_as_bf16(reinterpret_cast<const int8_t*>(w) + j0 * k, cols * k, block.data());
-      for (int c = 0; c < kDotW; ++c) {
-        const int64_t row = c < cols ? c : cols - 1, next_row = j0 + kDotW + c < n ? j0 + kDotW + c : n - 1;
-        wr[c] = kInt8 ? block.data() + row * k : reinterpret_cast<const uint16_t*>(w) + (j0 + row) * k;
-        next[c] = reinterpret_cast<const uint16_t*>(w) + next_row * k;
+      int part, next_part;
+      int64_t j0, cols, next_j0, next_cols;
+      plan.rows(b, k, wr, &part, &j0, &cols);
+      plan.rows(b + 1 < blocks ? b + 1 : b, k, next, &next_part, &next_j0, &next_cols);
+      if (kInt8) {  // one part: its rows j0.. as bfloat16
+        int8_as_bf16(static_cast<const int8_t*>(plan.parts[0].w) + j0 * k, cols * k, block.data());
+        for (int c = 0; c < kDotW; ++c) wr[c] = block.data() + (c < cols ? c : cols - 1) * k;
       }
+      const int64_t n = plan.parts[part].n;
+      float* const y = plan.parts[part].y;
       // This thread's next block is prefetched into L2 while this one computes, its rows shared out between
       // the tiles after the first (which reads this block from memory), or all taken by a lone tile (1-4
       // rows). With several tiles memory sat idle while the later ones computed: 1.1-1.3x a layer at 10-24
@@ -359,8 +442,7 @@ void linear_bf16_dot(const float* x, const typename W::T* w, const float* scale,
       for (int64_t r0 = 0, t = 0; r0 < rows; r0 += kDotX, ++t) {
         const int64_t count = rows - r0 < kDotX ? rows - r0 : kDotX;
         const uint16_t* xr[kDotX];
-        for (int64_t r = 0; r < count; ++r)
-          xr[r] = interleaved ? xb.data() + r0 * k + r * 32 : xb.data() + (r0 + r) * k;
+        for (int64_t r = 0; r < count; ++r) xr[r] = interleaved ? xb + r0 * k + r * 32 : xb + (r0 + r) * k;
         float out[kDotX][kDotW];
         const int64_t share = tiles > 1 ? t - 1 : t;  // -1: the first of several tiles prefetches nothing
         const int first = share < 0 ? kDotW : std::min<int>(kDotW, share * per_tile);
@@ -371,6 +453,10 @@ void linear_bf16_dot(const float* x, const typename W::T* w, const float* scale,
                                  block.data());
         if (layout == kCopying)
           for (int c = 0; c < kDotW; ++c) wr[c] = block.data() + c * 32;  // the later tiles read the copy
+        if (plan.swiglu) {
+          swiglu_tile(out, count, cols, y + r0 * n + j0, n);
+          continue;
+        }
         for (int64_t r = 0; r < count; ++r)
           for (int64_t c = 0; c < cols; ++c) y[(r0 + r) * n + j0 + c] = scale ? out[r][c] * scale[j0 + c] : out[r][c];
       }
@@ -393,6 +479,16 @@ int64_t leading_rows(int ndim, const int64_t* shape) {
   return rows;
 }
 
+// The float32 paths: up to kDecodeRows rows stream each weight row once, more run register tiles.
+template <class W>
+void linear_float32(const float* x, const typename W::T* w, const float* scale, float* y, int64_t rows, int64_t n,
+                    int64_t k) {
+  if (rows <= kDecodeRows)
+    linear_streaming<W>(x, w, scale, y, rows, n, k);
+  else
+    linear_tiled<W>(x, w, scale, y, rows, n, k);
+}
+
 template <class W>
 int linear_entry(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, const char* wtype,
                  bool scaled) {
@@ -410,15 +506,47 @@ int linear_entry(int nparam, void** params, int* ndims, int64_t** shapes, const 
   // Every row count takes vdpbf16ps (memory bound until ~6 rows, then the tile's flops), so a sequence's
   // numbers are the same alone or in a batch (one row streamed in float32 was no faster).
   if ((is(wtype, "bfloat16") || is(wtype, "int8")) && !float32_activations()) {
-    linear_bf16_dot<W>(x, w, scale, y, rows, n, k);
+    linear_bf16_dot<W>(x, BlockPlan({{w, n, y}}, false), scale, rows, k);
     return 0;
   }
 #endif
-  if (rows <= kDecodeRows) {
-    linear_streaming<W>(x, w, scale, y, rows, n, k);
+  linear_float32<W>(x, w, scale, y, rows, n, k);
+  return 0;
+}
+
+// Several bfloat16 projections of one x in one call (see BlockPlan): `parts` weights then as many outputs,
+// or (swiglu) the gate and up weights then one output silu(x . W1^T) * (x . W3^T).
+int projections_entry(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, int parts,
+                      bool swiglu) {
+  const int outputs = swiglu ? 1 : parts;
+  if (nparam != 1 + parts + outputs || !is_float32(dtypes[0])) return 1;
+  const int64_t k = shapes[0][ndims[0] - 1], rows = leading_rows(ndims[0], shapes[0]);
+  for (int p = 1; p <= parts; ++p)
+    if (ndims[p] != 2 || !is(dtypes[p], "bfloat16") || shapes[p][1] != k) return 1;
+  for (int o = 1 + parts; o < nparam; ++o)
+    if (!is_float32(dtypes[o])) return 1;
+  if (swiglu && shapes[1][0] != shapes[2][0]) return 2;
+  const float* x = static_cast<const float*>(params[0]);
+  Projection list[3];
+  for (int p = 0; p < parts; ++p)
+    list[p] = {params[1 + p], shapes[1 + p][0], static_cast<float*>(params[1 + parts + (swiglu ? 0 : p)])};
+#if defined(__AVX512BF16__)
+  if (!float32_activations()) {
+    const BlockPlan plan = parts == 2 ? BlockPlan({list[0], list[1]}, swiglu) : BlockPlan({list[0], list[1], list[2]}, false);
+    linear_bf16_dot<Bf16>(x, plan, nullptr, rows, k);
     return 0;
   }
-  linear_tiled<W>(x, w, scale, y, rows, n, k);
+#endif
+  if (!swiglu) {
+    for (int p = 0; p < parts; ++p)
+      linear_float32<Bf16>(x, static_cast<const uint16_t*>(list[p].w), nullptr, list[p].y, rows, list[p].n, k);
+    return 0;
+  }
+  const int64_t n = list[0].n;
+  std::vector<float> up(rows * n);
+  linear_float32<Bf16>(x, static_cast<const uint16_t*>(list[0].w), nullptr, list[0].y, rows, n, k);
+  linear_float32<Bf16>(x, static_cast<const uint16_t*>(list[1].w), nullptr, up.data(), rows, n, k);
+  for (int64_t i = 0; i < rows * n; ++i) list[0].y[i] = list[0].y[i] / (1.0f + std::exp(-list[0].y[i])) * up[i];
   return 0;
 }
 
@@ -430,6 +558,22 @@ extern "C" int MfcoreLinearBf16(int nparam, void** params, int* ndims, int64_t**
   (void)stream;
   (void)extra;
   return linear_entry<Bf16>(nparam, params, ndims, shapes, dtypes, "bfloat16", false);
+}
+
+// params: x (rows, K) float32, Wq (Nq, K), Wk (Nk, K), Wv (Nv, K) bfloat16 -> q (rows, Nq), k, v float32
+extern "C" int MfcoreLinearQkvBf16(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes,
+                                   void* stream, void* extra) {
+  (void)stream;
+  (void)extra;
+  return projections_entry(nparam, params, ndims, shapes, dtypes, 3, false);
+}
+
+// params: x (rows, K) float32, W1 (N, K), W3 (N, K) bfloat16 -> y = silu(x . W1^T) * (x . W3^T) (rows, N) float32
+extern "C" int MfcoreSwigluBf16(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes,
+                                void* stream, void* extra) {
+  (void)stream;
+  (void)extra;
+  return projections_entry(nparam, params, ndims, shapes, dtypes, 2, true);
 }
 
 // params: x (rows, K) float32, W (N, K) float16 -> y (rows, N) float32
