@@ -11,6 +11,7 @@ from mindspore import Tensor
 
 from mfcore import ConfigError
 from mfcore.kernels import decode_kernels, status
+from mfcore.kernels.cpu import pack_bf16_blocks
 from mfcore.models.quantization import QuantizationConfig, quantize_rtn_int8
 from mfcore.utils.runtime import ensure_runtime
 from mf_llama2 import LlamaConfig
@@ -117,6 +118,53 @@ def test_bfloat16_projection_kernels_equal_the_linear_kernel(rows, k, float32_ac
     up = kernels.linear_bf16(x, w3).asnumpy().astype(np.float64)
     np.testing.assert_allclose(kernels.swiglu_bf16(x, w1, w3).asnumpy(), gate / (1 + np.exp(-gate)) * up,
                                rtol=2e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("float32_activations", [False, True])
+@pytest.mark.parametrize("rows", [1, 4, 16, 37])
+def test_packed_bfloat16_weights_give_the_same_sums(rows, float32_activations, monkeypatch):
+    """pack_bf16_blocks' layout read by the packed kernels gives exactly the sums of the weight as rows (the
+    same tiles in the same order), one row, a lone tile, several tiles, interleaved prompt tiles; and
+    MFCORE_FLOAT32_ACTIVATIONS' path unpacks it. 41 / 13 / 7 rows: a last, partial block that stays as rows."""
+    ensure_runtime()
+    kernels = decode_kernels()
+    if kernels is None:
+        pytest.skip(f"mfcore's CPU kernels are off here: {status()}")
+    if float32_activations:
+        monkeypatch.setenv("MFCORE_FLOAT32_ACTIVATIONS", "1")
+    rng = np.random.default_rng(rows)
+    x = Tensor(rng.standard_normal((rows, 320)).astype(np.float32))
+    bits = [(_round_bf16(rng.standard_normal((n, 320))).view(np.uint32) >> 16).astype(np.uint16) for n in (41, 13, 7)]
+    as_tensor = [Tensor.from_numpy(b.view(np.int16)).view(mindspore.bfloat16) for b in bits]
+    packed = [Tensor.from_numpy(pack_bf16_blocks(b).view(np.int16)).view(mindspore.bfloat16) for b in bits]
+    assert not np.array_equal(pack_bf16_blocks(bits[0]), bits[0])  # the layout really changed
+    for b in bits:  # the library's copy and numpy's agree
+        np.testing.assert_array_equal(pack_bf16_blocks(b), pack_bf16_blocks(b, native_ok=False))
+    np.testing.assert_array_equal(kernels.linear_bf16_packed(x, packed[0]).asnumpy(),
+                                  kernels.linear_bf16(x, as_tensor[0]).asnumpy())
+    for fused, weight in zip(kernels.linear_qkv_bf16_packed(x, *packed), as_tensor):
+        np.testing.assert_array_equal(fused.asnumpy(), kernels.linear_bf16(x, weight).asnumpy())
+
+
+def test_a_packed_model_computes_the_same_and_refuses_to_save(saved, tmp_path):
+    """pack_weights_for_inference changes the layout, not a bit of the logits or of a greedy generation; a
+    packed model will not save (its files would hold the layout) or train."""
+    with pytest.warns(UserWarning, match="bfloat16 compute"):
+        model = LlamaForCausalLM.from_pretrained(saved, dtype="bfloat16")
+        packed = LlamaForCausalLM.from_pretrained(saved, dtype="bfloat16")
+    count = packed.pack_weights_for_inference()
+    if not decode_kernels().has_bf16_dot:
+        assert count == 0
+        pytest.skip("no vdpbf16ps on this CPU: weights are never packed here")
+    assert count > 0 and packed.pack_weights_for_inference() == 0  # once
+    ids = _ids()
+    np.testing.assert_array_equal(_logits(packed, ids), _logits(model, ids))
+    kwargs = dict(max_new_tokens=6, eos_token_id=None, pad_token_id=0)
+    np.testing.assert_array_equal(packed.generate(ids, **kwargs), model.generate(ids, **kwargs))
+    with pytest.raises(ConfigError, match="packed"):
+        packed.save_pretrained(tmp_path / "out")
+    with pytest.raises(ConfigError, match="packed"):
+        packed.prepare_for_training()
 
 
 @pytest.mark.parametrize("rows", [1, 3, 5, 37])

@@ -28,6 +28,7 @@ from mindspore.common.initializer import Normal, One, Zero, initializer
 
 from mfcore.errors import ConfigError
 from mfcore.kernels import decode_kernels, status as kernels_status
+from mfcore.kernels.cpu import pack_bf16_blocks
 from mfcore.models.modeling import MS_DTYPES, PreTrainedModel
 from mfcore.models.quantization import QuantizationConfig
 
@@ -160,6 +161,21 @@ class LlamaLinear(nn.Cell):
         # layer together with its siblings (bfloat16_projections). A LoRA cell in its place says False.
         self.bf16_fusable = (not quantized and not has_bias and self.storage_op is not None
                              and param_dtype == mindspore.bfloat16)
+        self.packed = False  # the weight stored by pack_bf16_blocks (pack_for_inference)
+
+    def pack_for_inference(self) -> bool:
+        """Store the bfloat16 weight in the tiles' blocks (mfcore.kernels.cpu.pack_bf16_blocks) and read it with
+        the packed kernel; False where that does not apply (other dtypes, a bias, K not a multiple of 32, or
+        no vdpbf16ps here, where every call would unpack it)."""
+        kernels = decode_kernels()
+        if self.packed or not self.bf16_fusable or kernels is None or not kernels.has_bf16_dot \
+                or self.weight.shape[1] % 32:
+            return False
+        bits = self.weight.view(mindspore.int16).asnumpy().view(np.uint16)
+        self.weight.set_data(Tensor.from_numpy(pack_bf16_blocks(bits).view(np.int16)).view(mindspore.bfloat16))
+        self.storage_op = kernels.linear_bf16_packed
+        self.packed = True
+        return True
 
     def construct(self, x):
         bias = None if self.bias is None else _cast(self.bias, self.compute_dtype)
@@ -253,12 +269,17 @@ class LlamaAttention(nn.Cell):
         self.cache_attention_in_place = kernels.cache_attention_in_place if kernels else None
         projections = bfloat16_projections(param_dtype, compute_dtype)
         self.qkv_bf16 = projections.linear_qkv_bf16 if projections else None
+        self.qkv_bf16_packed = projections.linear_qkv_bf16_packed if projections else None
 
     def qkv_inference(self, x):
         """qkv() for decode steps (forward only): one kernel for the three projections where they allow it (at
         16 rows 1.01-1.03x a step, 1.02-1.04x at 1-4; prompt chunks keep three calls)."""
-        if self.qkv_bf16 is not None and self.w_qkv is None and self.wq.bf16_fusable and self.wk.bf16_fusable \
-                and self.wv.bf16_fusable:
+        if self.qkv_bf16 is None or self.w_qkv is not None or not self.wq.bf16_fusable or not self.wk.bf16_fusable \
+                or not self.wv.bf16_fusable:
+            return self.qkv(x)
+        if self.wq.packed and self.wk.packed and self.wv.packed:
+            return self.qkv_bf16_packed(x, self.wq.weight, self.wk.weight, self.wv.weight)
+        if not (self.wq.packed or self.wk.packed or self.wv.packed):
             return self.qkv_bf16(x, self.wq.weight, self.wk.weight, self.wv.weight)
         return self.qkv(x)
 
@@ -459,9 +480,10 @@ class LlamaFeedForward(nn.Cell):
         a decode step (2-D x) with the gate and up projections where their weights are bfloat16 (in a 128-token
         chunk the activation in the tiles' epilogue was 0.98x its own pass)."""
         if self.swiglu_bf16 is not None and x.ndim == 2 and self.w_gate_hidden is None and self.w1.bf16_fusable \
-                and self.w3.bf16_fusable:
+                and self.w3.bf16_fusable and not (self.w1.packed or self.w3.packed):
             return self.w2(self.swiglu_bf16(x, self.w1.weight, self.w3.weight))
-        if self.silu_mul is None or self.w_gate_hidden is not None or single_row(x):
+        fused_row = single_row(x) and self.w1.gemv is not None  # construct's float32 swiglu kernel takes it
+        if self.silu_mul is None or self.w_gate_hidden is not None or fused_row:
             return self.construct(x)
         return self.w2(self.silu_mul(self.w1(x), self.w3(x)))
 
@@ -553,11 +575,23 @@ class LlamaForCausalLM(PreTrainedModel):
         # Prefix-tuning / P-tuning v2 (mfcore.training.prefix): a cell giving each layer's prefix keys and
         # values, set by inject_prefix; None for a plain model.
         self.prefix_encoder = None
+        self.weights_packed = False  # pack_weights_for_inference: inference only from then on
+
+    def pack_weights_for_inference(self) -> int:
+        """PreTrainedModel.pack_weights_for_inference: every bfloat16 projection that allows it (LlamaLinear.
+        pack_for_inference). A 16-row decode layer 1.07-1.12x, a 128-token chunk 1.00-1.03x; one row about the
+        same, 4 rows 0.96x (benchmarks/RESULTS.md, "Serving")."""
+        packed = sum(cell.pack_for_inference() for _, cell in self.cells_and_names() if isinstance(cell, LlamaLinear))
+        self.weights_packed = self.weights_packed or packed > 0
+        return packed
 
     def prepare_for_training(self) -> None:
         """Switch 16-bit weights from mfcore's forward-only storage kernels (no gradient) back to MindSpore's
         cast + matmul, so that the weights can train; called by the Trainer. int8 layers stay as they are
         (they hold no trainable weights)."""
+        if self.weights_packed:
+            raise ConfigError("prepare_for_training", "this model's weights were packed for serving "
+                                                      "(pack_weights_for_inference); load it again to train it")
         for _, cell in self.cells_and_names():
             if isinstance(cell, LlamaLinear) and cell.weight_scale is None:
                 cell.storage_op = None

@@ -58,6 +58,10 @@ def _load(args, state, server) -> None:
             spec.model_config = dict(spec.model_config or {}, param_init_type=args.dtype, compute_dtype=args.dtype)
         runtime.setup(device_target=spec.context.get("device_target"), mode=spec.context.get("mode"))
         model, source = load_model(spec, allow_random=False)
+        # The server only runs inference: its weights may take the kernels' layout (before anything compiles).
+        packed = model.pack_weights_for_inference() if hasattr(model, "pack_weights_for_inference") else 0
+        if packed:
+            print(f"mfcore serve: {packed} bfloat16 weights packed for the CPU kernels", file=sys.stderr)
         tokenizer = load_tokenizer(spec, required=True)
         engine_options = dict(max_batch=args.max_batch, max_model_len=args.max_model_len)
         if args.gather_ms is not None:

@@ -19,7 +19,9 @@ for a prompt or prompt chunk (`cache_attention`: ~10 cache-sized buffers per lay
 csrc/weight_kernels.cc serves models whose weights stay in their storage dtype (any row count: decode
 streams each weight once, prompts run register tiles): `linear_bf16`, `linear_f16`, `linear_int8` (per
 output channel scales) and `embed_bf16`; and for generation `linear_qkv_bf16` (q, k and v in one call) and
-`swiglu_bf16` (the MLP's gate and up projections with the activation in the same pass). Without them MindSpore's CPU backend would upcast every 16-bit
+`swiglu_bf16` (the MLP's gate and up projections with the activation in the same pass). A server packs its
+bfloat16 weights once (`pack_bf16_blocks`, the `*_packed` kernels): blocks of 6 rows interleaved, as the tiles
+read them. Without them MindSpore's CPU backend would upcast every 16-bit
 weight to float32 on each call (it has no bfloat16 matmul), which at 8B does not fit in memory. Decode
 rows keep float32 activations; prompts on CPUs with AVX512_BF16 round them to bfloat16 for vdpbf16ps
 (bfloat16 and int8 weights, as llama.cpp and transformers' bfloat16 do), unless
@@ -34,6 +36,7 @@ compiler or CPU builds a new one.
 """
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import shutil
@@ -42,6 +45,8 @@ import tempfile
 import threading
 from pathlib import Path
 from typing import NamedTuple, Optional
+
+import numpy as np
 
 from mfcore.utils.paths import mfcore_home
 
@@ -54,7 +59,7 @@ HEADERS = (Path(__file__).with_name("csrc") / "vector_exp.h",)  # part of the ca
 FLAGS = ("-O3", "-march=native", "-std=c++11", "-shared", "-fPIC", "-fopenmp")
 
 _lock = threading.Lock()
-_state = {"kernels": None, "done": False, "status": "not built yet"}
+_state = {"kernels": None, "done": False, "status": "not built yet", "native": None}
 
 
 def status() -> str:
@@ -75,6 +80,10 @@ class DecodeKernels(NamedTuple):
     # Several bfloat16 projections of one x in one call (one parallel region, x rounded once):
     linear_qkv_bf16: object  # (x (rows, K) f32, Wq (Nq, K), Wk (Nk, K), Wv (Nv, K)) -> (q, k, v) f32
     swiglu_bf16: object      # (x (rows, K) f32, W1 (N, K), W3 (N, K)) -> silu(x W1^T) * (x W3^T) (rows, N) f32
+    # linear_bf16 and linear_qkv_bf16 on weights stored by pack_bf16_blocks (K a multiple of 32):
+    linear_bf16_packed: object
+    linear_qkv_bf16_packed: object
+    has_bf16_dot: bool  # the library takes vdpbf16ps (AVX512_BF16): where packed weights pay off
     # Prompt attention skipping masked columns (csrc/attention_kernels.cc), float32:
     attention: object    # (q (B, G, R, S, D) scaled, k, v (B, G, T, D), bias (B|1, 1, 1, S, T)) -> like q
     # One decode step's attention with the cache write: (q (B, G, R, D) scaled, k, v (B, G, D), k_cache,
@@ -122,6 +131,11 @@ def _build():
     if allowed and not any(_is_under(library, Path(p)) for p in allowed.split(":") if p):
         return None, f"off: {library} is outside MS_CUSTOM_AOT_WHITE_LIST ({allowed})"
 
+    native = ctypes.CDLL(str(library))  # the library's plain C functions (pack_bf16_blocks)
+    native.MfcorePackBf16Blocks.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64]
+    native.MfcorePackBf16Blocks.restype = None
+    _state["native"] = native
+
     def custom(symbol, out_shape, out_dtype=lambda x, *weights: x):  # forward only: never differentiated
         return ops.Custom(f"{library}:{symbol}", out_shape=out_shape, out_dtype=out_dtype, func_type="aot")
 
@@ -144,6 +158,12 @@ def _build():
                                                                           x[:-1] + [wv[0]]),
                                                    lambda x, wq, wk, wv: (mindspore.float32,) * 3),
                             swiglu_bf16=custom("MfcoreSwigluBf16", lambda x, w1, w3: x[:-1] + [w1[0]], float32),
+                            linear_bf16_packed=custom("MfcoreLinearBf16Packed", projection),
+                            linear_qkv_bf16_packed=custom("MfcoreLinearQkvBf16Packed",
+                                                          lambda x, wq, wk, wv: (x[:-1] + [wq[0]], x[:-1] + [wk[0]],
+                                                                                 x[:-1] + [wv[0]]),
+                                                          lambda x, wq, wk, wv: (mindspore.float32,) * 3),
+                            has_bf16_dot=bool(native.MfcoreHasBf16Dot()),
                             attention=custom("MfcoreAttention", lambda q, k, v, bias: q),
                             decode_attention=custom("MfcoreDecodeAttention",
                                                     lambda q, k, v, kc, vc, bias, slot: (q, kc, vc),
@@ -160,6 +180,31 @@ def _build():
                                                          lambda packed, cache, columns, rows: rows,
                                                          lambda packed, cache, columns, rows: rows))
     return kernels, f"on: {library}"
+
+
+PACKED_ROWS = 6  # rows per block of a packed weight: the vdpbf16ps tile's weight rows (csrc/weight_kernels.cc)
+
+
+def pack_bf16_blocks(bits: np.ndarray, native_ok: bool = True) -> np.ndarray:
+    """A bfloat16 weight (N, K) as its uint16 bits -> the same shape with each whole block of PACKED_ROWS rows
+    stored interleaved, the rows taking turns 32 values at a time (a last, partial block stays as it is): the
+    layout the prompt tiles otherwise copy each block into, so that no tile copies and a decode step's tiles
+    read one run of memory per block (MfcoreLinearBf16Packed). K must be a multiple of 32. The compiled
+    library does the copy where it is loaded (native_ok=False: numpy's, the reference the tests hold it to)."""
+    rows, k = bits.shape
+    if k % 32:
+        raise ValueError(f"a packed weight needs K a multiple of 32, got {bits.shape}")
+    bits = np.ascontiguousarray(bits, dtype=np.uint16)
+    packed = np.empty_like(bits)
+    native = _state["native"] if native_ok else None
+    if native is not None:  # the same copy in C, on every core
+        native.MfcorePackBf16Blocks(bits.ctypes.data, packed.ctypes.data, rows, k)
+        return packed
+    whole = rows // PACKED_ROWS * PACKED_ROWS
+    packed[whole:] = bits[whole:]
+    packed[:whole] = (bits[:whole].reshape(whole // PACKED_ROWS, PACKED_ROWS, k // 32, 32)
+                      .transpose(0, 2, 1, 3).reshape(whole, k))
+    return packed
 
 
 def _is_under(path: Path, folder: Path) -> bool:

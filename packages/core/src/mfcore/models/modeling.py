@@ -150,6 +150,9 @@ class PreTrainedModel(nn.Cell):
     def save_pretrained(self, save_directory: PathLike, max_shard_size: Union[int, str] = DEFAULT_MAX_SHARD_SIZE,
                         format: str = "safetensors") -> Path:
         """Write config.json, generation_config.json and the weights (sharded above `max_shard_size`)."""
+        if getattr(self, "weights_packed", False):
+            raise ConfigError("save_pretrained", "this model's weights were packed for serving "
+                                                 "(pack_weights_for_inference); load it again to save it")
         if format not in ("safetensors", "ckpt"):
             raise ConfigError("format", f"{format!r}; use 'safetensors' or 'ckpt'")
         directory = Path(save_directory)
@@ -322,6 +325,13 @@ class PreTrainedModel(nn.Cell):
         """Final norm and output head of hidden states from forward_with_cache(hidden_at=): (R, H) -> (R, V)
         float32 (models with supports_hidden_at)."""
         raise NotImplementedError(f"{type(self).__name__} does not implement hidden_at")
+
+    def pack_weights_for_inference(self) -> int:
+        """Store weights in the layout the CPU kernels read fastest, for a model that will only run inference
+        from now on (a server's): call it before anything is compiled, since the compiled graphs pick their
+        kernels when traced. Returns how many weights were packed (0: none, the default); the model then
+        refuses save_pretrained."""
+        return 0
 
     def decodes_leading_rows(self) -> bool:
         """Whether a one-token-per-row call may hold fewer rows than the caches: the first rows decode and the

@@ -221,6 +221,10 @@ void linear_tiled(const float* x, const typename W::T* w, const float* scale, fl
   }
 }
 
+// Rows per block of a packed bfloat16 weight (pack_bf16_blocks in mfcore/kernels/cpu.py): the vdpbf16ps tile's
+// weight rows (kDotW).
+constexpr int64_t kPackedRows = 6;
+
 // One projection of x among those a call computes (see BlockPlan).
 struct Projection {
   const void* w;  // (n, k) bfloat16, or int8 (alone, scaled)
@@ -261,6 +265,7 @@ constexpr int kDotX = 4;  // ... by up to 4 rows of x: 24 accumulators + 6 + 1 r
                           // 4 x 6 (the other way round): the same at 1 and 128 rows, 1.03-1.05x at 16 (4 even
                           // tiles, not 6 + 6 + 4), 1.16x at 4 (one tile, not 4 of a 6-row tile's registers);
                           // 3 x 8 0.88x, 2 x 12 spills. Both 1.8x the 4 x 4 float32-FMA tile at 128 rows.
+static_assert(kDotW == kPackedRows, "a packed weight holds blocks of the tile's weight rows");
 
 // One tile: `count` (<= kDotX, a compile-time bound so the accumulators stay in registers) rows of x
 // against kDotW weight rows over the whole of k, summed into y. X = the number of x rows this instance
@@ -270,13 +275,15 @@ constexpr int kDotX = 4;  // ... by up to 4 rows of x: 24 accumulators + 6 + 1 r
 // the tile's x rows and the block's weight rows interleaved 32 values at a time (row r's i-th 32 at
 // xr[0] + (i / 32 * X + r) * 32), so each step reads two runs of consecutive cache lines; kCopying, x
 // interleaved and the weight rows as they are, written interleaved into `copy` on the way (a block's first
-// tile: the later ones read the copy).
-enum Layout { kRows, kCopying, kInterleaved };
+// tile: the later ones read the copy); kPacked, x rows as they are and a weight block stored interleaved
+// (see pack_bf16_blocks in mfcore/kernels/cpu.py).
+enum Layout { kRows, kCopying, kInterleaved, kPacked };
 template <int X, Layout kLayout>
 void dot_tile(const uint16_t* const xr[], const uint16_t* const wr[kDotW], int64_t k, int64_t full, __mmask32 tail,
               float out[kDotX][kDotW], const uint16_t* const next[kDotW], int first, int last, uint16_t* copy) {
   // in 32s per step: the rows taking turns
-  constexpr int64_t kXStep = kLayout == kRows ? 1 : X, kWStep = kLayout == kInterleaved ? kDotW : 1;
+  constexpr int64_t kXStep = kLayout == kRows || kLayout == kPacked ? 1 : X,
+                    kWStep = kLayout == kInterleaved || kLayout == kPacked ? kDotW : 1;
   __m512 acc[X][kDotW];
   for (auto& row : acc)
     for (auto& a : row) a = _mm512_setzero_ps();
@@ -303,7 +310,7 @@ using DotTile = void (*)(const uint16_t* const[], const uint16_t* const[kDotW], 
 template <Layout kLayout>
 constexpr DotTile kTiles[kDotX + 1] = {nullptr, dot_tile<1, kLayout>, dot_tile<2, kLayout>, dot_tile<3, kLayout>,
                                        dot_tile<4, kLayout>};
-constexpr const DotTile* kDotTiles[3] = {kTiles<kRows>, kTiles<kCopying>, kTiles<kInterleaved>};
+constexpr const DotTile* kDotTiles[4] = {kTiles<kRows>, kTiles<kCopying>, kTiles<kInterleaved>, kTiles<kPacked>};
 
 // From this many rows of x (a prompt chunk, not a decode batch) the x tiles and each weight block are laid
 // out interleaved (see dot_tile). Rows k values apart sit 4 KB apart at k = 2048 (16 KB at 8192), so a
@@ -324,9 +331,11 @@ struct BlockPlan {
   Projection parts[3];
   int count;
   bool swiglu;  // parts[0] gate, parts[1] up
+  bool packed;  // each part's whole blocks of kDotW rows stored interleaved (not with swiglu)
   int64_t first[4];  // the first block of each part
 
-  BlockPlan(std::initializer_list<Projection> list, bool gated) : parts(), count(0), swiglu(gated), first() {
+  BlockPlan(std::initializer_list<Projection> list, bool gated, bool packed_blocks = false)
+      : parts(), count(0), swiglu(gated), packed(packed_blocks && !gated), first() {
     for (const Projection& part : list) parts[count++] = part;
     const int64_t per_block = columns_per_block();
     for (int p = 0; p < (swiglu ? 1 : count); ++p) first[p + 1] = first[p] + (parts[p].n + per_block - 1) / per_block;
@@ -338,18 +347,21 @@ struct BlockPlan {
     while (!swiglu && b >= first[p + 1]) ++p;
     return p;
   }
-  // The kDotW weight rows of block b (a part's last row repeated past its end) and where its sums go.
-  void rows(int64_t b, int64_t k, const uint16_t* wr[kDotW], int* part, int64_t* j0, int64_t* cols) const {
+  // The kDotW weight rows of block b (a part's last row repeated past its end) and where its sums go; true
+  // where the block is stored interleaved (then wr[c] is where row c's first 32 values are).
+  bool rows(int64_t b, int64_t k, const uint16_t* wr[kDotW], int* part, int64_t* j0, int64_t* cols) const {
     const int p = part_of(b);
     const int64_t per_block = columns_per_block(), n = parts[p].n;
     *part = p;
     *j0 = (b - first[p]) * per_block;
     *cols = std::min(per_block, n - *j0);
+    const bool interleaved = packed && *cols == kDotW;  // a part's last, partial block keeps its rows
     for (int c = 0; c < kDotW; ++c) {
       const int64_t column = c % per_block, row = *j0 + (column < *cols ? column : *cols - 1);
       const Projection& from = parts[swiglu ? c / per_block : p];
-      wr[c] = static_cast<const uint16_t*>(from.w) + row * k;
+      wr[c] = static_cast<const uint16_t*>(from.w) + (interleaved ? *j0 * k + c * 32 : row * k);
     }
+    return interleaved;
   }
 };
 
@@ -423,8 +435,11 @@ void linear_bf16_dot(const float* x, const BlockPlan& plan, const float* scale, 
       const uint16_t* next[kDotW];
       int part, next_part;
       int64_t j0, cols, next_j0, next_cols;
-      plan.rows(b, k, wr, &part, &j0, &cols);
-      plan.rows(b + 1 < blocks ? b + 1 : b, k, next, &next_part, &next_j0, &next_cols);
+      const bool packed = plan.rows(b, k, wr, &part, &j0, &cols);
+      // The next block's memory, prefetched a row at a time: kDotW runs of k values (an interleaved block is
+      // one run of kDotW * k, cut into kDotW).
+      if (plan.rows(b + 1 < blocks ? b + 1 : b, k, next, &next_part, &next_j0, &next_cols))
+        for (int c = 0; c < kDotW; ++c) next[c] = next[0] + c * k;
       if (kInt8) {  // one part: its rows j0.. as bfloat16
         int8_as_bf16(static_cast<const int8_t*>(plan.parts[0].w) + j0 * k, cols * k, block.data());
         for (int c = 0; c < kDotW; ++c) wr[c] = block.data() + (c < cols ? c : cols - 1) * k;
@@ -436,7 +451,9 @@ void linear_bf16_dot(const float* x, const BlockPlan& plan, const float* scale, 
       // rows). With several tiles memory sat idle while the later ones computed: 1.1-1.3x a layer at 10-24
       // rows on Zen 4. With one tile the weights now stream at ~40 GB/s instead of ~30 (1.1-1.2x at 1-4 rows;
       // hint T0, into L1, was slower: 0.8-0.9x).
-      const bool prefetch = !kInt8 && (b + 1) % kRun != 0 && b + 1 < blocks;
+      // (One row on interleaved blocks: the hardware's own prefetch of the one stream was faster, 1.02x against
+      // 0.95x.)
+      const bool prefetch = !kInt8 && (b + 1) % kRun != 0 && b + 1 < blocks && !(plan.packed && rows == 1);
       const int64_t sharing = tiles > 1 ? tiles - 1 : 1;  // the tiles that prefetch
       const int per_tile = prefetch ? static_cast<int>((kDotW + sharing - 1) / sharing) : 0;
       for (int64_t r0 = 0, t = 0; r0 < rows; r0 += kDotX, ++t) {
@@ -448,7 +465,8 @@ void linear_bf16_dot(const float* x, const BlockPlan& plan, const float* scale, 
         const int first = share < 0 ? kDotW : std::min<int>(kDotW, share * per_tile);
         // Interleaved: the first tile copies the block as it reads it (1.02-1.06x a prefill against copying it
         // in a loop of its own first), the others read the copy.
-        const Layout layout = !interleaved ? kRows : t > 0 ? kInterleaved : kCopying;
+        const Layout layout = packed ? (interleaved ? kInterleaved : kPacked)
+                                     : !interleaved ? kRows : t > 0 ? kInterleaved : kCopying;
         kDotTiles[layout][count](xr, wr, k, full, tail, out, next, first, std::min<int>(kDotW, first + per_tile),
                                  block.data());
         if (layout == kCopying)
@@ -489,15 +507,26 @@ void linear_float32(const float* x, const typename W::T* w, const float* scale, 
     linear_tiled<W>(x, w, scale, y, rows, n, k);
 }
 
+// A weight stored by pack_bf16_blocks (whole blocks of kPackedRows rows interleaved 32 values at a time), as rows:
+// for the float32 paths, which read rows (the Python side packs only where vdpbf16ps exists).
+std::vector<uint16_t> unpacked_bf16(const uint16_t* w, int64_t n, int64_t k) {
+  std::vector<uint16_t> rows(w, w + n * k);
+  for (int64_t j0 = 0; j0 + kPackedRows <= n; j0 += kPackedRows)
+    for (int64_t i = 0; i < k; i += 32)
+      for (int64_t c = 0; c < kPackedRows; ++c)
+        std::memcpy(rows.data() + (j0 + c) * k + i, w + j0 * k + i * kPackedRows + c * 32, 32 * sizeof(uint16_t));
+  return rows;
+}
+
 template <class W>
 int linear_entry(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, const char* wtype,
-                 bool scaled) {
+                 bool scaled, bool packed = false) {
   const int out = scaled ? 3 : 2;
   if (nparam != out + 1 || ndims[1] != 2 || !is_float32(dtypes[0]) || !is(dtypes[1], wtype) ||
       !is_float32(dtypes[out]) || (scaled && (!is_float32(dtypes[2]) || ndims[2] != 1)))
     return 1;
   const int64_t k = shapes[0][ndims[0] - 1], n = shapes[1][0], rows = leading_rows(ndims[0], shapes[0]);
-  if (shapes[1][1] != k || (scaled && shapes[2][0] != n)) return 2;
+  if (shapes[1][1] != k || (scaled && shapes[2][0] != n) || (packed && k % 32 != 0)) return 2;
   const float* x = static_cast<const float*>(params[0]);
   const auto* w = static_cast<const typename W::T*>(params[1]);
   const float* scale = scaled ? static_cast<const float*>(params[2]) : nullptr;
@@ -506,10 +535,15 @@ int linear_entry(int nparam, void** params, int* ndims, int64_t** shapes, const 
   // Every row count takes vdpbf16ps (memory bound until ~6 rows, then the tile's flops), so a sequence's
   // numbers are the same alone or in a batch (one row streamed in float32 was no faster).
   if ((is(wtype, "bfloat16") || is(wtype, "int8")) && !float32_activations()) {
-    linear_bf16_dot<W>(x, BlockPlan({{w, n, y}}, false), scale, rows, k);
+    linear_bf16_dot<W>(x, BlockPlan({{w, n, y}}, false, packed), scale, rows, k);
     return 0;
   }
 #endif
+  if (packed) {  // bfloat16 only
+    const std::vector<uint16_t> rows_of_w = unpacked_bf16(reinterpret_cast<const uint16_t*>(w), n, k);
+    linear_float32<W>(x, reinterpret_cast<const typename W::T*>(rows_of_w.data()), scale, y, rows, n, k);
+    return 0;
+  }
   linear_float32<W>(x, w, scale, y, rows, n, k);
   return 0;
 }
@@ -517,7 +551,7 @@ int linear_entry(int nparam, void** params, int* ndims, int64_t** shapes, const 
 // Several bfloat16 projections of one x in one call (see BlockPlan): `parts` weights then as many outputs,
 // or (swiglu) the gate and up weights then one output silu(x . W1^T) * (x . W3^T).
 int projections_entry(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, int parts,
-                      bool swiglu) {
+                      bool swiglu, bool packed = false) {
   const int outputs = swiglu ? 1 : parts;
   if (nparam != 1 + parts + outputs || !is_float32(dtypes[0])) return 1;
   const int64_t k = shapes[0][ndims[0] - 1], rows = leading_rows(ndims[0], shapes[0]);
@@ -525,21 +559,25 @@ int projections_entry(int nparam, void** params, int* ndims, int64_t** shapes, c
     if (ndims[p] != 2 || !is(dtypes[p], "bfloat16") || shapes[p][1] != k) return 1;
   for (int o = 1 + parts; o < nparam; ++o)
     if (!is_float32(dtypes[o])) return 1;
-  if (swiglu && shapes[1][0] != shapes[2][0]) return 2;
+  if ((swiglu && shapes[1][0] != shapes[2][0]) || (packed && (swiglu || k % 32 != 0))) return 2;
   const float* x = static_cast<const float*>(params[0]);
   Projection list[3];
   for (int p = 0; p < parts; ++p)
     list[p] = {params[1 + p], shapes[1 + p][0], static_cast<float*>(params[1 + parts + (swiglu ? 0 : p)])};
 #if defined(__AVX512BF16__)
   if (!float32_activations()) {
-    const BlockPlan plan = parts == 2 ? BlockPlan({list[0], list[1]}, swiglu) : BlockPlan({list[0], list[1], list[2]}, false);
+    const BlockPlan plan = parts == 2 ? BlockPlan({list[0], list[1]}, swiglu)
+                                      : BlockPlan({list[0], list[1], list[2]}, false, packed);
     linear_bf16_dot<Bf16>(x, plan, nullptr, rows, k);
     return 0;
   }
 #endif
   if (!swiglu) {
-    for (int p = 0; p < parts; ++p)
-      linear_float32<Bf16>(x, static_cast<const uint16_t*>(list[p].w), nullptr, list[p].y, rows, list[p].n, k);
+    for (int p = 0; p < parts; ++p) {
+      const uint16_t* w = static_cast<const uint16_t*>(list[p].w);
+      const std::vector<uint16_t> rows_of_w = packed ? unpacked_bf16(w, list[p].n, k) : std::vector<uint16_t>();
+      linear_float32<Bf16>(x, packed ? rows_of_w.data() : w, nullptr, list[p].y, rows, list[p].n, k);
+    }
     return 0;
   }
   const int64_t n = list[0].n;
@@ -566,6 +604,44 @@ extern "C" int MfcoreLinearQkvBf16(int nparam, void** params, int* ndims, int64_
   (void)stream;
   (void)extra;
   return projections_entry(nparam, params, ndims, shapes, dtypes, 3, false);
+}
+
+// The same two on weights stored by pack_bf16_blocks (mfcore/kernels/cpu.py), K a multiple of 32.
+extern "C" int MfcoreLinearBf16Packed(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes,
+                                      void* stream, void* extra) {
+  (void)stream;
+  (void)extra;
+  return linear_entry<Bf16>(nparam, params, ndims, shapes, dtypes, "bfloat16", false, true);
+}
+
+extern "C" int MfcoreLinearQkvBf16Packed(int nparam, void** params, int* ndims, int64_t** shapes,
+                                         const char** dtypes, void* stream, void* extra) {
+  (void)stream;
+  (void)extra;
+  return projections_entry(nparam, params, ndims, shapes, dtypes, 3, false, true);
+}
+
+// packed = w (n, k) with each whole block of kPackedRows rows interleaved 32 values at a time (called through
+// ctypes by pack_bf16_blocks in mfcore/kernels/cpu.py, which holds the same layout in numpy): the inverse of
+// unpacked_bf16. k must be a multiple of 32.
+extern "C" void MfcorePackBf16Blocks(const uint16_t* w, uint16_t* packed, int64_t n, int64_t k) {
+  const int64_t whole = n / kPackedRows * kPackedRows;
+#pragma omp parallel for schedule(static)
+  for (int64_t j0 = 0; j0 < whole; j0 += kPackedRows)
+    for (int64_t i = 0; i < k; i += 32)
+      for (int64_t c = 0; c < kPackedRows; ++c)
+        std::memcpy(packed + j0 * k + i * kPackedRows + c * 32, w + (j0 + c) * k + i, 32 * sizeof(uint16_t));
+  std::memcpy(packed + whole * k, w + whole * k, (n - whole) * k * sizeof(uint16_t));
+}
+
+// 1 where bfloat16 linears take vdpbf16ps (this library was built for a CPU with AVX512_BF16), else 0: packed
+// weights pay off only there (elsewhere each call unpacks them).
+extern "C" int MfcoreHasBf16Dot() {
+#if defined(__AVX512BF16__)
+  return 1;
+#else
+  return 0;
+#endif
 }
 
 // params: x (rows, K) float32, W1 (N, K), W3 (N, K) bfloat16 -> y = silu(x . W1^T) * (x . W3^T) (rows, N) float32
