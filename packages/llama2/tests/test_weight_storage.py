@@ -99,9 +99,10 @@ def _bf16_weight(w):
 @pytest.mark.parametrize("float32_activations", [False, True])
 @pytest.mark.parametrize("rows,k", [(1, 344), (5, 344), (16, 320), (37, 344), (130, 320)])
 def test_bfloat16_projection_kernels_equal_the_linear_kernel(rows, k, float32_activations, monkeypatch):
-    """linear_qkv_bf16 gives each of q, k, v exactly as linear_bf16 would (same tiles, same sums), and
-    swiglu_bf16 gives silu(gate) * up of linear_bf16's gate and up, at decode and prompt row counts, on both
-    the vdpbf16ps path and the float32 one. 41 / 13 / 7 / 43 output rows: blocks that end part-way."""
+    """linear_qkv_bf16 gives each of q, k, v exactly as linear_bf16 would (same tiles, same sums), so does
+    linear_pair_bf16 for two, and swiglu_bf16 gives silu(gate) * up of linear_bf16's gate and up, at decode and
+    prompt row counts, on both the vdpbf16ps path and the float32 one. 41 / 13 / 7 / 43 output rows: blocks
+    that end part-way."""
     ensure_runtime()
     kernels = decode_kernels()
     if kernels is None:
@@ -112,6 +113,8 @@ def test_bfloat16_projection_kernels_equal_the_linear_kernel(rows, k, float32_ac
     x = Tensor(rng.standard_normal((rows, k)).astype(np.float32))
     weights = [_bf16_weight(rng.standard_normal((n, k))) for n in (41, 13, 7)]
     for fused, weight in zip(kernels.linear_qkv_bf16(x, *weights), weights):
+        np.testing.assert_array_equal(fused.asnumpy(), kernels.linear_bf16(x, weight).asnumpy())
+    for fused, weight in zip(kernels.linear_pair_bf16(x, *weights[:2]), weights):
         np.testing.assert_array_equal(fused.asnumpy(), kernels.linear_bf16(x, weight).asnumpy())
     w1, w3 = _bf16_weight(rng.standard_normal((43, k))), _bf16_weight(rng.standard_normal((43, k)))
     gate = kernels.linear_bf16(x, w1).asnumpy().astype(np.float64)
@@ -143,6 +146,8 @@ def test_packed_bfloat16_weights_give_the_same_sums(rows, float32_activations, m
     np.testing.assert_array_equal(kernels.linear_bf16_packed(x, packed[0]).asnumpy(),
                                   kernels.linear_bf16(x, as_tensor[0]).asnumpy())
     for fused, weight in zip(kernels.linear_qkv_bf16_packed(x, *packed), as_tensor):
+        np.testing.assert_array_equal(fused.asnumpy(), kernels.linear_bf16(x, weight).asnumpy())
+    for fused, weight in zip(kernels.linear_pair_bf16_packed(x, *packed[1:]), as_tensor[1:]):
         np.testing.assert_array_equal(fused.asnumpy(), kernels.linear_bf16(x, weight).asnumpy())
 
 

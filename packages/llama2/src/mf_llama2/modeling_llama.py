@@ -460,6 +460,8 @@ class LlamaFeedForward(nn.Cell):
         self.silu_mul = kernels.silu_mul if kernels else None  # generation only: the kernel has no gradient
         projections = bfloat16_projections(param_dtype, compute_dtype)
         self.swiglu_bf16 = projections.swiglu_bf16 if projections else None  # generation only too
+        self.pair_bf16 = projections.linear_pair_bf16 if projections else None
+        self.pair_bf16_packed = projections.linear_pair_bf16_packed if projections else None
         self.compute_dtype = compute_dtype
 
     def construct(self, x):
@@ -482,6 +484,13 @@ class LlamaFeedForward(nn.Cell):
         if self.swiglu_bf16 is not None and x.ndim == 2 and self.w_gate_hidden is None and self.w1.bf16_fusable \
                 and self.w3.bf16_fusable and not (self.w1.packed or self.w3.packed):
             return self.w2(self.swiglu_bf16(x, self.w1.weight, self.w3.weight))
+        if self.pair_bf16 is not None and self.silu_mul is not None and self.w_gate_hidden is None \
+                and self.w1.bf16_fusable and self.w3.bf16_fusable and self.w1.packed == self.w3.packed:
+            if self.w1.packed:  # gate and up in one call (x rounded once), the activation a pass of its own
+                gate, up = self.pair_bf16_packed(x, self.w1.weight, self.w3.weight)
+            else:
+                gate, up = self.pair_bf16(x, self.w1.weight, self.w3.weight)
+            return self.w2(self.silu_mul(gate, up))
         fused_row = single_row(x) and self.w1.gemv is not None  # construct's float32 swiglu kernel takes it
         if self.silu_mul is None or self.w_gate_hidden is not None or fused_row:
             return self.construct(x)

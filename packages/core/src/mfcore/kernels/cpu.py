@@ -79,10 +79,12 @@ class DecodeKernels(NamedTuple):
     embed_bf16: object   # (ids (...) int32/int64, table (V, H) bfloat16) -> (..., H) f32
     # Several bfloat16 projections of one x in one call (one parallel region, x rounded once):
     linear_qkv_bf16: object  # (x (rows, K) f32, Wq (Nq, K), Wk (Nk, K), Wv (Nv, K)) -> (q, k, v) f32
+    linear_pair_bf16: object  # (x (rows, K) f32, W1 (N1, K), W3 (N3, K)) -> (x W1^T, x W3^T) f32
     swiglu_bf16: object      # (x (rows, K) f32, W1 (N, K), W3 (N, K)) -> silu(x W1^T) * (x W3^T) (rows, N) f32
-    # linear_bf16 and linear_qkv_bf16 on weights stored by pack_bf16_blocks (K a multiple of 32):
+    # linear_bf16, linear_qkv_bf16 and linear_pair_bf16 on weights stored by pack_bf16_blocks (K a multiple of 32):
     linear_bf16_packed: object
     linear_qkv_bf16_packed: object
+    linear_pair_bf16_packed: object
     has_bf16_dot: bool  # the library takes vdpbf16ps (AVX512_BF16): where packed weights pay off
     # Prompt attention skipping masked columns (csrc/attention_kernels.cc), float32:
     attention: object    # (q (B, G, R, S, D) scaled, k, v (B, G, T, D), bias (B|1, 1, 1, S, T)) -> like q
@@ -145,6 +147,18 @@ def _build():
     def projection(x, w, *scale):
         return x[:-1] + [w[0]]
 
+    def two_projections(x, w0, w1):
+        return x[:-1] + [w0[0]], x[:-1] + [w1[0]]
+
+    def three_projections(x, w0, w1, w2):
+        return x[:-1] + [w0[0]], x[:-1] + [w1[0]], x[:-1] + [w2[0]]
+
+    def two_float32(*dtypes):
+        return mindspore.float32, mindspore.float32
+
+    def three_float32(*dtypes):
+        return mindspore.float32, mindspore.float32, mindspore.float32
+
     kernels = DecodeKernels(gemv=custom("MfcoreGemv", projection),
                             rms_norm=custom("MfcoreRmsNorm", lambda x, w, eps: x),
                             swiglu=custom("MfcoreSwiglu", lambda x, w1, w3: x[:-1] + [w1[0]]),
@@ -153,16 +167,13 @@ def _build():
                             linear_f16=custom("MfcoreLinearF16", projection),
                             linear_int8=custom("MfcoreLinearInt8", projection),
                             embed_bf16=custom("MfcoreEmbedBf16", lambda ids, table: ids + [table[1]], float32),
-                            linear_qkv_bf16=custom("MfcoreLinearQkvBf16",
-                                                   lambda x, wq, wk, wv: (x[:-1] + [wq[0]], x[:-1] + [wk[0]],
-                                                                          x[:-1] + [wv[0]]),
-                                                   lambda x, wq, wk, wv: (mindspore.float32,) * 3),
+                            linear_qkv_bf16=custom("MfcoreLinearsBf16", three_projections, three_float32),
+                            linear_pair_bf16=custom("MfcoreLinearsBf16", two_projections, two_float32),
                             swiglu_bf16=custom("MfcoreSwigluBf16", lambda x, w1, w3: x[:-1] + [w1[0]], float32),
                             linear_bf16_packed=custom("MfcoreLinearBf16Packed", projection),
-                            linear_qkv_bf16_packed=custom("MfcoreLinearQkvBf16Packed",
-                                                          lambda x, wq, wk, wv: (x[:-1] + [wq[0]], x[:-1] + [wk[0]],
-                                                                                 x[:-1] + [wv[0]]),
-                                                          lambda x, wq, wk, wv: (mindspore.float32,) * 3),
+                            linear_qkv_bf16_packed=custom("MfcoreLinearsBf16Packed", three_projections,
+                                                          three_float32),
+                            linear_pair_bf16_packed=custom("MfcoreLinearsBf16Packed", two_projections, two_float32),
                             has_bf16_dot=bool(native.MfcoreHasBf16Dot()),
                             attention=custom("MfcoreAttention", lambda q, k, v, bias: q),
                             decode_attention=custom("MfcoreDecodeAttention",

@@ -553,12 +553,12 @@ int linear_entry(int nparam, void** params, int* ndims, int64_t** shapes, const 
   return 0;
 }
 
-// Several bfloat16 projections of one x in one call (see BlockPlan): `parts` weights then as many outputs,
-// or (swiglu) the gate and up weights then one output silu(x . W1^T) * (x . W3^T).
-int projections_entry(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, int parts,
-                      bool swiglu, bool packed = false) {
-  const int outputs = swiglu ? 1 : parts;
-  if (nparam != 1 + parts + outputs || !is_float32(dtypes[0])) return 1;
+// Several bfloat16 projections of one x in one call (see BlockPlan): 2 or 3 weights then as many outputs, or
+// (swiglu) the gate and up weights then one output silu(x . W1^T) * (x . W3^T).
+int projections_entry(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, bool swiglu,
+                      bool packed = false) {
+  const int parts = swiglu ? 2 : (nparam - 1) / 2, outputs = swiglu ? 1 : parts;
+  if (parts < 2 || parts > 3 || nparam != 1 + parts + outputs || !is_float32(dtypes[0])) return 1;
   const int64_t k = shapes[0][ndims[0] - 1], rows = leading_rows(ndims[0], shapes[0]);
   for (int p = 1; p <= parts; ++p)
     if (ndims[p] != 2 || !is(dtypes[p], "bfloat16") || shapes[p][1] != k) return 1;
@@ -571,7 +571,7 @@ int projections_entry(int nparam, void** params, int* ndims, int64_t** shapes, c
     list[p] = {params[1 + p], shapes[1 + p][0], static_cast<float*>(params[1 + parts + (swiglu ? 0 : p)])};
 #if defined(__AVX512BF16__)
   if (!float32_activations()) {
-    const BlockPlan plan = parts == 2 ? BlockPlan({list[0], list[1]}, swiglu)
+    const BlockPlan plan = parts == 2 ? BlockPlan({list[0], list[1]}, swiglu, packed)
                                       : BlockPlan({list[0], list[1], list[2]}, false, packed);
     linear_bf16_dot<Bf16>(x, plan, nullptr, rows, k);
     return 0;
@@ -603,12 +603,13 @@ extern "C" int MfcoreLinearBf16(int nparam, void** params, int* ndims, int64_t**
   return linear_entry<Bf16>(nparam, params, ndims, shapes, dtypes, "bfloat16", false);
 }
 
-// params: x (rows, K) float32, Wq (Nq, K), Wk (Nk, K), Wv (Nv, K) bfloat16 -> q (rows, Nq), k, v float32
-extern "C" int MfcoreLinearQkvBf16(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes,
-                                   void* stream, void* extra) {
+// params: x (rows, K) float32, W0 (N0, K), W1 (N1, K)[, W2 (N2, K)] bfloat16 -> y0 (rows, N0), y1[, y2] float32
+// (q, k and v; the MLP's gate and up)
+extern "C" int MfcoreLinearsBf16(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes,
+                                 void* stream, void* extra) {
   (void)stream;
   (void)extra;
-  return projections_entry(nparam, params, ndims, shapes, dtypes, 3, false);
+  return projections_entry(nparam, params, ndims, shapes, dtypes, false);
 }
 
 // The same two on weights stored by pack_bf16_blocks (mfcore/kernels/cpu.py), K a multiple of 32.
@@ -619,11 +620,11 @@ extern "C" int MfcoreLinearBf16Packed(int nparam, void** params, int* ndims, int
   return linear_entry<Bf16>(nparam, params, ndims, shapes, dtypes, "bfloat16", false, true);
 }
 
-extern "C" int MfcoreLinearQkvBf16Packed(int nparam, void** params, int* ndims, int64_t** shapes,
-                                         const char** dtypes, void* stream, void* extra) {
+extern "C" int MfcoreLinearsBf16Packed(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes,
+                                       void* stream, void* extra) {
   (void)stream;
   (void)extra;
-  return projections_entry(nparam, params, ndims, shapes, dtypes, 3, false, true);
+  return projections_entry(nparam, params, ndims, shapes, dtypes, false, true);
 }
 
 // packed = w (n, k) with each whole block of kPackedRows rows interleaved 32 values at a time (called through
@@ -654,7 +655,7 @@ extern "C" int MfcoreSwigluBf16(int nparam, void** params, int* ndims, int64_t**
                                 void* stream, void* extra) {
   (void)stream;
   (void)extra;
-  return projections_entry(nparam, params, ndims, shapes, dtypes, 2, true);
+  return projections_entry(nparam, params, ndims, shapes, dtypes, true);
 }
 
 // params: x (rows, K) float32, W (N, K) float16 -> y (rows, N) float32
