@@ -91,6 +91,17 @@ def test_bfloat16_linear_kernel_against_numpy(rows, k, monkeypatch):
                                atol=2e-5, rtol=1e-5)
 
 
+def _weight_kernels(monkeypatch, float32_activations):
+    """The compiled kernels (the test skips where they are off), with x kept in float32 if asked."""
+    ensure_runtime()
+    kernels = decode_kernels()
+    if kernels is None:
+        pytest.skip(f"mfcore's CPU kernels are off here: {status()}")
+    if float32_activations:
+        monkeypatch.setenv("MFCORE_FLOAT32_ACTIVATIONS", "1")
+    return kernels
+
+
 def _bf16_weight(w):
     bits = (np.ascontiguousarray(w, dtype=np.float32).view(np.uint32) >> 16).astype(np.uint16)
     return Tensor.from_numpy(bits.view(np.int16)).view(mindspore.bfloat16)
@@ -103,12 +114,7 @@ def test_bfloat16_projection_kernels_equal_the_linear_kernel(rows, k, float32_ac
     linear_pair_bf16 for two, and swiglu_bf16 gives silu(gate) * up of linear_bf16's gate and up, at decode and
     prompt row counts, on both the vdpbf16ps path and the float32 one. 41 / 13 / 7 / 43 output rows: blocks
     that end part-way."""
-    ensure_runtime()
-    kernels = decode_kernels()
-    if kernels is None:
-        pytest.skip(f"mfcore's CPU kernels are off here: {status()}")
-    if float32_activations:
-        monkeypatch.setenv("MFCORE_FLOAT32_ACTIVATIONS", "1")
+    kernels = _weight_kernels(monkeypatch, float32_activations)
     rng = np.random.default_rng(rows)
     x = Tensor(rng.standard_normal((rows, k)).astype(np.float32))
     weights = [_bf16_weight(rng.standard_normal((n, k))) for n in (41, 13, 7)]
@@ -129,12 +135,7 @@ def test_packed_bfloat16_weights_give_the_same_sums(rows, float32_activations, m
     """pack_bf16_blocks' layout read by the packed kernels gives exactly the sums of the weight as rows (the
     same tiles in the same order), one row, a lone tile, several tiles, interleaved prompt tiles; and
     MFCORE_FLOAT32_ACTIVATIONS' path unpacks it. 41 / 13 / 7 rows: a last, partial block that stays as rows."""
-    ensure_runtime()
-    kernels = decode_kernels()
-    if kernels is None:
-        pytest.skip(f"mfcore's CPU kernels are off here: {status()}")
-    if float32_activations:
-        monkeypatch.setenv("MFCORE_FLOAT32_ACTIVATIONS", "1")
+    kernels = _weight_kernels(monkeypatch, float32_activations)
     rng = np.random.default_rng(rows)
     x = Tensor(rng.standard_normal((rows, 320)).astype(np.float32))
     bits = [(_round_bf16(rng.standard_normal((n, 320))).view(np.uint32) >> 16).astype(np.uint16) for n in (41, 13, 7)]
