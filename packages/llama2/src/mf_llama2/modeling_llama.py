@@ -478,9 +478,9 @@ class LlamaFeedForward(nn.Cell):
         return self.w2(mint.nn.functional.silu(self.w1(x)) * self.w3(x))
 
     def inference(self, x):
-        """The same MLP for generation (forward only): the activation in one kernel where there is one, and in
-        a decode step (2-D x) with the gate and up projections where their weights are bfloat16 (in a 128-token
-        chunk the activation in the tiles' epilogue was 0.98x its own pass)."""
+        """The same MLP for generation (forward only): the activation in one kernel where there is one. Where the
+        weights are bfloat16, gate and up in one call; in a decode step on unpacked weights the activation too
+        (MfcoreSwigluBf16: in a 128-token chunk its epilogue was 0.98x the activation's own pass)."""
         if self.swiglu_bf16 is not None and x.ndim == 2 and self.w_gate_hidden is None and self.w1.bf16_fusable \
                 and self.w3.bf16_fusable and not (self.w1.packed or self.w3.packed):
             return self.w2(self.swiglu_bf16(x, self.w1.weight, self.w3.weight))
@@ -588,8 +588,8 @@ class LlamaForCausalLM(PreTrainedModel):
 
     def pack_weights_for_inference(self) -> int:
         """PreTrainedModel.pack_weights_for_inference: every bfloat16 projection that allows it (LlamaLinear.
-        pack_for_inference). A 16-row decode layer 1.07-1.12x, a 128-token chunk 1.00-1.03x; one row about the
-        same, 4 rows 0.96x (benchmarks/RESULTS.md, "Serving")."""
+        pack_for_inference). A server's 16-row decode step 1.04-1.10x, 8 rows 1.13x, one row 1.01-1.10x, a
+        16-prompt prefill 1.03x; 4 rows 0.94-0.96x (benchmarks/RESULTS.md, "Serving")."""
         packed = sum(cell.pack_for_inference() for _, cell in self.cells_and_names() if isinstance(cell, LlamaLinear))
         self.weights_packed = self.weights_packed or packed > 0
         return packed

@@ -102,6 +102,7 @@ class LoRALinear(nn.Cell):
         # which here would drop the adapter; models check `gemv` and `bf16_fusable` before fusing a layer.
         self.gemv = None
         self.bf16_fusable = False
+        self.packed = False
 
     def construct(self, x):
         dtype = x.dtype
