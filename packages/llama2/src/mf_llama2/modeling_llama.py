@@ -491,8 +491,9 @@ class LlamaFeedForward(nn.Cell):
             else:
                 gate, up = self.pair_bf16(x, self.w1.weight, self.w3.weight)
             return self.w2(self.silu_mul(gate, up))
-        fused_row = single_row(x) and self.w1.gemv is not None  # construct's float32 swiglu kernel takes it
-        if self.silu_mul is None or self.w_gate_hidden is not None or fused_row:
+        if self.silu_mul is None or self.w_gate_hidden is not None:
+            return self.construct(x)
+        if single_row(x) and self.w1.gemv is not None:  # construct's float32 swiglu kernel takes it
             return self.construct(x)
         return self.w2(self.silu_mul(self.w1(x), self.w3(x)))
 
