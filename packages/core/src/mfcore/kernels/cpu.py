@@ -18,8 +18,8 @@ for a prompt or prompt chunk (`cache_attention`: ~10 cache-sized buffers per lay
 
 csrc/weight_kernels.cc serves models whose weights stay in their storage dtype (any row count: decode
 streams each weight once, prompts run register tiles): `linear_bf16`, `linear_f16`, `linear_int8` (per
-output channel scales) and `embed_bf16`; and for generation `linear_qkv_bf16` (q, k and v in one call) and
-`swiglu_bf16` (the MLP's gate and up projections with the activation in the same pass). A server packs its
+output channel scales) and `embed_bf16`; and for generation `linear_qkv_bf16` (q, k and v in one call),
+`linear_pair_bf16` (the MLP's gate and up) and `swiglu_bf16` (the same with the activation in the same pass). A server packs its
 bfloat16 weights once (`pack_bf16_blocks`, the `*_packed` kernels): blocks of 6 rows interleaved, as the tiles
 read them. Without them MindSpore's CPU backend would upcast every 16-bit
 weight to float32 on each call (it has no bfloat16 matmul), which at 8B does not fit in memory. Decode

@@ -523,6 +523,17 @@ std::vector<uint16_t> unpacked_bf16(const uint16_t* w, int64_t n, int64_t k) {
   return rows;
 }
 
+// A bfloat16 projection on the float32 paths, its weight stored as rows or (packed) by pack_bf16_blocks.
+void linear_float32_bf16(const float* x, const uint16_t* w, bool packed, float* y, int64_t rows, int64_t n,
+                         int64_t k) {
+  if (!packed) {
+    linear_float32<Bf16>(x, w, nullptr, y, rows, n, k);
+    return;
+  }
+  const std::vector<uint16_t> rows_of_w = unpacked_bf16(w, n, k);
+  linear_float32<Bf16>(x, rows_of_w.data(), nullptr, y, rows, n, k);
+}
+
 template <class W>
 int linear_entry(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, const char* wtype,
                  bool scaled, bool packed = false) {
@@ -544,9 +555,8 @@ int linear_entry(int nparam, void** params, int* ndims, int64_t** shapes, const 
     return 0;
   }
 #endif
-  if (packed) {  // bfloat16 only
-    const std::vector<uint16_t> rows_of_w = unpacked_bf16(reinterpret_cast<const uint16_t*>(w), n, k);
-    linear_float32<W>(x, reinterpret_cast<const typename W::T*>(rows_of_w.data()), scale, y, rows, n, k);
+  if (packed) {  // bfloat16 only, unscaled
+    linear_float32_bf16(x, reinterpret_cast<const uint16_t*>(w), true, y, rows, n, k);
     return 0;
   }
   linear_float32<W>(x, w, scale, y, rows, n, k);
@@ -578,17 +588,14 @@ int projections_entry(int nparam, void** params, int* ndims, int64_t** shapes, c
   }
 #endif
   if (!swiglu) {
-    for (int p = 0; p < parts; ++p) {
-      const uint16_t* w = static_cast<const uint16_t*>(list[p].w);
-      const std::vector<uint16_t> rows_of_w = packed ? unpacked_bf16(w, list[p].n, k) : std::vector<uint16_t>();
-      linear_float32<Bf16>(x, packed ? rows_of_w.data() : w, nullptr, list[p].y, rows, list[p].n, k);
-    }
+    for (int p = 0; p < parts; ++p)
+      linear_float32_bf16(x, static_cast<const uint16_t*>(list[p].w), packed, list[p].y, rows, list[p].n, k);
     return 0;
   }
   const int64_t n = list[0].n;
   std::vector<float> up(rows * n);
-  linear_float32<Bf16>(x, static_cast<const uint16_t*>(list[0].w), nullptr, list[0].y, rows, n, k);
-  linear_float32<Bf16>(x, static_cast<const uint16_t*>(list[1].w), nullptr, up.data(), rows, n, k);
+  linear_float32_bf16(x, static_cast<const uint16_t*>(list[0].w), false, list[0].y, rows, n, k);
+  linear_float32_bf16(x, static_cast<const uint16_t*>(list[1].w), false, up.data(), rows, n, k);
   for (int64_t i = 0; i < rows * n; ++i) list[0].y[i] = list[0].y[i] / (1.0f + std::exp(-list[0].y[i])) * up[i];
   return 0;
 }
